@@ -1,0 +1,130 @@
+"""Command line: ``gateway serve | demo | sim`` (also ``python -m gateway ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import ProfileError
+from .profiles import Backend, ProfileSet, load_profiles, parse_profiles
+from .settings import Settings
+
+# Served by ``gateway demo`` when no profile file is at hand: the shipped R1-Distill profile.
+DEMO_PROFILES = """
+timeouts: {connect: 5, first_token: 60, idle: 15, total: 600}
+models:
+  deepseek-r1-distill-qwen-1.5b:
+    upstream_model: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B
+    backends: [{url: "http://127.0.0.1:8000"}]
+    stop_token_ids: [151643]
+    defaults: {temperature: 0.6, top_p: 0.95, max_tokens: 32768}
+    prompt: {leading_newline: true, system: merge}
+    stop_text: ["<｜end▁of▁sentence｜>"]
+"""
+
+
+def _load_or_exit(path: str) -> ProfileSet:
+    try:
+        return load_profiles(path)
+    except ProfileError as exc:
+        print(f"gateway: invalid profile file {path}:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(settings: Settings, profiles: ProfileSet) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    uvicorn.run(
+        create_app(settings, profiles),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = Settings.from_env(host=args.host, port=args.port, config=args.config)
+    _run(settings, _load_or_exit(settings.config))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The gateway and a simulated vLLM backend in one process, on loopback."""
+    import uvicorn
+
+    from .app import create_app
+    from .sim import SimVLLM, start_sim
+
+    config = args.config or os.environ.get("GATEWAY_CONFIG")
+    if config is None and Path("model_profiles.yaml").is_file():
+        config = "model_profiles.yaml"
+    profiles = _load_or_exit(config) if config else parse_profiles(DEMO_PROFILES, "<demo>")
+    settings = Settings.from_env(host=args.host, port=args.port, config=config)
+
+    async def main() -> None:
+        served = sorted({p.upstream_model for p in profiles.models.values()})
+        sim = SimVLLM(served, token_delay=args.token_delay)
+        runner, sim_port = await start_sim(sim)
+        backend = Backend(name="simulated-vllm", url=f"http://127.0.0.1:{sim_port}")
+        demo = dataclasses.replace(profiles, models={
+            name: dataclasses.replace(p, backends=(backend,))
+            for name, p in profiles.models.items()
+        })
+        print(f"simulated vLLM on {backend.url}; gateway on http://{settings.host}:{settings.port}/v1")
+        print(f"models: {', '.join(demo.models)}")
+        config_ = uvicorn.Config(create_app(settings, demo), host=settings.host,
+                                 port=settings.port, log_level=settings.log_level,
+                                 access_log=False)
+        try:
+            await uvicorn.Server(config_).serve()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def cmd_sim(args: argparse.Namespace) -> None:
+    from .sim import main as sim_main
+
+    sim_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the profiles in front of vLLM")
+    serve.add_argument("--config", default=None, help="profile file (default $GATEWAY_CONFIG "
+                       "or model_profiles.yaml)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="gateway + simulated vLLM backend, no GPU needed")
+    demo.add_argument("--config", default=None)
+    demo.add_argument("--host", default=None)
+    demo.add_argument("--port", type=int, default=None)
+    demo.add_argument("--token-delay", type=float, default=0.03,
+                      help="seconds between simulated tokens")
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("sim", help="run only the simulated vLLM server", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=cmd_sim)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""OpenAI wire types the gateway touches, the finish_reason set, SSE framing, error bodies.
+
+Requests are validated once, at the edge, with pydantic models that keep unknown fields
+(``extra="allow"``): vLLM's extra sampling parameters must pass through untouched. The
+per-chunk path never builds pydantic models; it uses plain dicts and orjson.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import GatewayError, RequestError
+
+#: finish_reason values an OpenAI client accepts.
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+#: how upstream finish reasons outside OpenAI's set are repaired. vLLM sends ``abort`` when the
+#: engine dropped the request and ``error`` for an internal failure: both mean the text is
+#: incomplete, which OpenAI clients understand as ``length``.
+FINISH_REPAIRS = {"abort": "length", "error": "length"}
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+def sse_frame(obj: Any) -> bytes:
+    """One SSE ``data:`` event carrying ``obj`` as JSON (the single encoder of this project)."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def error_body(
+    message: str, type_: str, *, code: str | int | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_body_for(exc: GatewayError) -> dict[str, Any]:
+    return error_body(exc.message, exc.type, code=exc.code, param=exc.param)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Sampling(_Open):
+    model: str = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+Endpoint = Literal["chat", "completions"]
+_MODELS: dict[Endpoint, type[_Sampling]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+}
+
+
+def parse_request(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    """Decode and validate a request body; return it as the plain dict the client sent.
+
+    Raises :class:`RequestError` naming the offending field.
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError("Request body must be a JSON object")
+    try:
+        _MODELS[endpoint].model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise RequestError(f"{param}: {err['msg']}", param=param) from None
+    return data

@@ -1,0 +1,302 @@
+"""The stream contract: whatever the upstream sends, the client gets well-formed SSE that
+ends with exactly one final chunk per choice (finish_reason from OpenAI's set) and
+``data: [DONE]`` -- or, for an upstream error event, that error event and ``[DONE]``.
+
+:class:`StreamNormalizer` is sans-I/O (payloads in, frames out); :func:`relay` drives it
+from an upstream response under the named timeouts. Final chunks are built in one place,
+:meth:`StreamNormalizer.close`. Side fields on a repaired final choice:
+``upstream_finish_reason`` (what the upstream said, possibly null) and
+``gateway_termination`` (why the gateway ended it: ``stop_text``, ``first_token_timeout``,
+``idle_timeout``, ``total_timeout``, ``upstream_disconnect``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from .errors import UpstreamError
+from .profiles import Timeouts
+from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, error_body, sse_frame
+from .sse import SSEDecoder
+from .stoptext import StopTextMatcher
+
+#: how each gateway termination cause is reported as a finish_reason
+_CAUSE_FINISH = {
+    "stop_text": "stop",
+    "first_token_timeout": "length",
+    "idle_timeout": "length",
+    "total_timeout": "length",
+    "upstream_disconnect": "length",
+}
+
+
+def normalize_finish(reason: Any) -> str:
+    if reason in FINISH_REASONS:
+        return str(reason)
+    return FINISH_REPAIRS.get(reason, "stop") if isinstance(reason, str) else "stop"
+
+
+class _Choice:
+    __slots__ = ("finished", "matcher", "started")
+
+    def __init__(self, stop_text: tuple[str, ...]) -> None:
+        self.matcher = StopTextMatcher(stop_text) if stop_text else None
+        self.finished = False
+        self.started = False
+
+
+class StreamNormalizer:
+    """Rewrites upstream chunks for the client and tracks what is still owed to it."""
+
+    def __init__(
+        self,
+        *,
+        public_model: str,
+        endpoint: Endpoint,
+        stop_text: tuple[str, ...] = (),
+        include_usage: bool = False,
+        n: int = 1,
+    ) -> None:
+        self.public_model = public_model
+        self.chat = endpoint == "chat"
+        self.stop_text = stop_text
+        self.include_usage = include_usage
+        self._n = n
+        self._choices: dict[int, _Choice] = {}
+        self._usage_frame: bytes | None = None
+        self._id: str | None = None
+        self._created: int | None = None
+        #: the upstream sent ``[DONE]``
+        self.saw_done = False
+        #: an error event was relayed; the stream ends with ``[DONE]`` only
+        self.errored = False
+        #: nothing more is wanted from the upstream (all choices finished by stop text)
+        self.stop_reading = False
+        #: the upstream's usage object, when it sent one
+        self.usage: dict[str, Any] | None = None
+        #: the gateway's termination cause, once :meth:`close` ran
+        self.cause: str | None = None
+
+    def _choice(self, index: int) -> _Choice:
+        st = self._choices.get(index)
+        if st is None:
+            st = self._choices[index] = _Choice(self.stop_text)
+        return st
+
+    @property
+    def _all_finished(self) -> bool:
+        return len(self._choices) >= self._n and all(c.finished for c in self._choices.values())
+
+    def feed(self, payload: bytes) -> list[bytes]:
+        """One SSE ``data`` payload from upstream -> frames for the client."""
+        if payload == b"[DONE]":
+            self.saw_done = True
+            return []
+        if self.errored or self.stop_reading:
+            return []
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return self._error("upstream sent an unreadable stream event", "upstream_protocol_error")
+        if not isinstance(obj, dict):
+            return self._error("upstream sent an unexpected stream event", "upstream_protocol_error")
+        choices = obj.get("choices")
+        if choices is None and "error" in obj:
+            self.errored = True
+            err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+            return [sse_frame({"error": err})]
+        if self._id is None:
+            self._id = obj.get("id")
+            self._created = obj.get("created")
+        obj["model"] = self.public_model
+        usage = obj.get("usage")
+        if usage is not None:
+            self.usage = usage
+            if not choices:
+                if not self.include_usage:
+                    return []
+                frame = sse_frame(obj)
+                if self._all_finished:
+                    return [frame]
+                self._usage_frame = frame  # owed after the final chunk(s)
+                return []
+            if not self.include_usage:
+                del obj["usage"]
+        if not choices:
+            return []
+        kept = []
+        for ch in choices:
+            st = self._choice(ch.get("index", 0))
+            if st.finished:
+                continue  # a second finish or text after it: the client already has its end
+            st.started = True
+            if self._scrub(ch, st):
+                kept.append(ch)
+        if not kept:
+            return []
+        obj["choices"] = kept
+        if self._all_finished and any(c.matcher and c.matcher.hit for c in self._choices.values()):
+            self.stop_reading = True
+        return [sse_frame(obj)]
+
+    def _scrub(self, ch: dict[str, Any], st: _Choice) -> bool:
+        """Apply stop text and finish normalization to one choice; False = drop it."""
+        reason = ch.get("finish_reason")
+        m = st.matcher
+        holder = ch.get("delta") if self.chat else ch
+        if m is not None and isinstance(holder, dict):
+            key = "content" if self.chat else "text"
+            text = holder.get(key)
+            if isinstance(text, str) or reason is not None:
+                out, hit = m.feed(text if isinstance(text, str) else "")
+                if hit:
+                    holder[key] = out
+                    ch["finish_reason"] = "stop"
+                    ch["stop_reason"] = m.matched
+                    ch["upstream_finish_reason"] = reason
+                    ch["gateway_termination"] = "stop_text"
+                    st.finished = True
+                    return True
+                if reason is not None:
+                    out += m.flush()
+                if isinstance(text, str) or out:
+                    holder[key] = out
+                # Everything was held back and the delta carried nothing else: send nothing.
+                if self.chat and reason is None and text and not out and len(holder) == 1:
+                    return False
+        if reason is not None:
+            st.finished = True
+            norm = normalize_finish(reason)
+            if norm != reason:
+                ch["finish_reason"] = norm
+                ch["upstream_finish_reason"] = reason
+        return True
+
+    def _error(self, message: str, code: str) -> list[bytes]:
+        self.errored = True
+        return [sse_frame(error_body(message, "upstream_error", code=code))]
+
+    def close(self, cause: str | None) -> bytes:
+        """The end of the stream: owed final chunks, the held usage chunk, ``[DONE]``."""
+        self.cause = cause
+        if self.errored:
+            return DONE_FRAME
+        finish = _CAUSE_FINISH.get(cause or "", "stop")
+        frames = []
+        for index in range(max(self._n, max(self._choices, default=-1) + 1)):
+            st = self._choice(index)
+            if st.finished:
+                continue
+            st.finished = True
+            tail = st.matcher.flush() if st.matcher else ""
+            choice: dict[str, Any] = {"index": index}
+            if self.chat:
+                delta: dict[str, Any] = {"content": tail}
+                if not st.started:
+                    delta = {"role": "assistant", "content": tail}
+                choice["delta"] = delta
+            else:
+                choice["text"] = tail
+            choice["logprobs"] = None
+            choice["finish_reason"] = finish
+            choice["stop_reason"] = None
+            choice["upstream_finish_reason"] = None
+            if cause:
+                choice["gateway_termination"] = cause
+            frames.append(sse_frame(self._envelope([choice])))
+        if self._usage_frame is not None:
+            frames.append(self._usage_frame)
+        frames.append(DONE_FRAME)
+        return b"".join(frames)
+
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        return {
+            "id": self._id or f"{prefix}gateway-{time.monotonic_ns():x}",
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self._created or int(time.time()),
+            "model": self.public_model,
+            "choices": choices,
+        }
+
+
+async def relay(
+    resp: Any, norm: StreamNormalizer, timeouts: Timeouts, started: float
+) -> AsyncIterator[bytes]:
+    """Read the upstream SSE body and yield client frames, always ending with
+    :meth:`StreamNormalizer.close`. ``started`` is the loop time the request was sent.
+
+    The upstream is closed on every exit (client disconnect arrives as cancellation).
+    """
+    loop = asyncio.get_running_loop()
+    total_deadline = started + timeouts.total
+    event_deadline = started + timeouts.first_token
+    phase = "first_token"
+    decoder = SSEDecoder()
+    cause: str | None = None
+    reuse = False
+    try:
+        while True:
+            deadline = event_deadline if event_deadline < total_deadline else total_deadline
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await resp.read_chunk()
+            except TimeoutError:
+                cause = "total_timeout" if deadline == total_deadline else f"{phase}_timeout"
+                break
+            except UpstreamError:
+                cause = "upstream_disconnect"
+                break
+            events = decoder.feed(chunk) if chunk else decoder.flush()
+            if events:
+                if phase == "first_token":
+                    phase = "idle"
+                event_deadline = loop.time() + timeouts.idle
+                frames = [f for ev in events for f in norm.feed(ev)]
+                if frames:
+                    yield frames[0] if len(frames) == 1 else b"".join(frames)
+                if norm.stop_reading or norm.errored:
+                    break
+            if not chunk:
+                if not norm.saw_done:
+                    cause = "upstream_disconnect"
+                reuse = norm.saw_done
+                break
+        if norm.stop_reading:
+            cause = "stop_text"
+    finally:
+        resp.close(reuse=reuse)
+    yield norm.close(cause)
+
+
+def normalize_response(
+    obj: dict[str, Any], *, public_model: str, endpoint: Endpoint, stop_text: tuple[str, ...]
+) -> dict[str, Any]:
+    """The stream contract for a non-streaming response: model name, stop text, finish."""
+    obj["model"] = public_model
+    chat = endpoint == "chat"
+    for ch in obj.get("choices") or ():
+        reason = ch.get("finish_reason")
+        holder = ch.get("message") if chat else ch
+        key = "content" if chat else "text"
+        text = holder.get(key) if isinstance(holder, dict) else None
+        if stop_text and isinstance(text, str):
+            hits = [(i, s) for s in stop_text if (i := text.find(s)) != -1]
+            if hits:
+                i, matched = min(hits)
+                holder[key] = text[:i]  # type: ignore[index]
+                ch["finish_reason"] = "stop"
+                ch["stop_reason"] = matched
+                ch["upstream_finish_reason"] = reason
+                ch["gateway_termination"] = "stop_text"
+                continue
+        norm = normalize_finish(reason)
+        if norm != reason:
+            ch["finish_reason"] = norm
+            ch["upstream_finish_reason"] = reason
+    return obj
