@@ -92,13 +92,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
-def cmd_sim(args: argparse.Namespace) -> None:
-    from .sim import main as sim_main
-
-    sim_main(args.rest)
-
-
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:  # the simulator owns its whole command line
+        from .sim import main as sim_main
+
+        return sim_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="seconds between simulated tokens")
     demo.set_defaults(func=cmd_demo)
 
-    sim = sub.add_parser("sim", help="run only the simulated vLLM server", add_help=False)
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
-    sim.set_defaults(func=cmd_sim)
+    sub.add_parser("sim", help="run only the simulated vLLM server (gateway sim --help)")
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -43,6 +43,7 @@ def normalize_finish(reason: Any) -> str:
 
 class _Choice:
     __slots__ = ("finished", "matcher", "started")
+    finished: bool
 
     def __init__(self, stop_text: tuple[str, ...]) -> None:
         self.matcher = StopTextMatcher(stop_text) if stop_text else None
@@ -68,6 +69,7 @@ class StreamNormalizer:
         self.include_usage = include_usage
         self._n = n
         self._choices: dict[int, _Choice] = {}
+        self._n_finished = 0
         self._usage_frame: bytes | None = None
         self._id: str | None = None
         self._created: int | None = None
@@ -90,7 +92,11 @@ class StreamNormalizer:
 
     @property
     def _all_finished(self) -> bool:
-        return len(self._choices) >= self._n and all(c.finished for c in self._choices.values())
+        return self._n_finished >= self._n
+
+    def _finish(self, st: _Choice) -> None:
+        st.finished = True
+        self._n_finished += 1
 
     def feed(self, payload: bytes) -> list[bytes]:
         """One SSE ``data`` payload from upstream -> frames for the client."""
@@ -160,7 +166,7 @@ class StreamNormalizer:
                     ch["stop_reason"] = m.matched
                     ch["upstream_finish_reason"] = reason
                     ch["gateway_termination"] = "stop_text"
-                    st.finished = True
+                    self._finish(st)
                     return True
                 if reason is not None:
                     out += m.flush()
@@ -170,7 +176,7 @@ class StreamNormalizer:
                 if self.chat and reason is None and text and not out and len(holder) == 1:
                     return False
         if reason is not None:
-            st.finished = True
+            self._finish(st)
             norm = normalize_finish(reason)
             if norm != reason:
                 ch["finish_reason"] = norm
@@ -192,7 +198,7 @@ class StreamNormalizer:
             st = self._choice(index)
             if st.finished:
                 continue
-            st.finished = True
+            self._finish(st)
             tail = st.matcher.flush() if st.matcher else ""
             choice: dict[str, Any] = {"index": index}
             if self.chat:

@@ -1,0 +1,156 @@
+"""Test servers on loopback: the simulated vLLM as a subprocess, the gateway under uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+
+from gateway.app import create_app
+from gateway.profiles import parse_profiles
+from gateway.settings import Settings
+
+
+def bound_socket() -> socket.socket:
+    """A listening-ready socket on a free loopback port (no bind/close race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with contextlib.closing(bound_socket()) as s:
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SimProcess:
+    url: str
+    proc: subprocess.Popen[str]
+    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+
+    def requests(self) -> list[dict[str, Any]]:
+        return orjson.loads(self.client.get(self.url + "/sim/requests").content)  # type: ignore[no-any-return]
+
+    def last_request(self) -> dict[str, Any]:
+        reqs = self.requests()
+        assert reqs, "the simulated vLLM received no request"
+        return reqs[-1]
+
+    def stats(self) -> dict[str, int]:
+        return self.client.get(self.url + "/sim/stats").json()  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self.client.post(self.url + "/sim/reset")
+
+
+@contextlib.contextmanager
+def run_sim(models: list[str], *extra: str) -> Iterator[SimProcess]:
+    """Start ``gateway sim`` in its own process on a free port; always stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sim", "--port", "0", *sum((["--model", m] for m in models), []), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "http://" not in line:
+            raise RuntimeError(f"simulated vLLM did not start: {line!r}")
+        url = line.strip().rsplit(" ", 1)[-1]
+        sim = SimProcess(url=url, proc=proc)
+        yield sim
+        sim.client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@dataclass
+class GatewayServer:
+    url: str
+    server: uvicorn.Server
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+
+@contextlib.contextmanager
+def run_gateway(profile_yaml: str, tmp_path: Path | None = None) -> Iterator[GatewayServer]:
+    """The gateway app under uvicorn in a thread, on a free loopback port; always stopped."""
+    profiles = parse_profiles(profile_yaml, "<test>")
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    settings = Settings(host="127.0.0.1", port=port, config="<test>")
+    config = uvicorn.Config(create_app(settings, profiles), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+        yield GatewayServer(url=f"http://127.0.0.1:{port}", server=server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def sse_events(raw: bytes) -> list[Any]:
+    """Split a raw SSE body into decoded events (``"[DONE]"`` stays a string); checks framing."""
+    assert raw.endswith(b"\n\n"), f"stream does not end with a complete event: {raw[-80:]!r}"
+    events: list[Any] = []
+    for block in raw.split(b"\n\n")[:-1]:
+        lines = [ln for ln in block.split(b"\n") if not ln.startswith(b":")]
+        if not lines:
+            continue
+        assert all(ln.startswith(b"data: ") for ln in lines), f"bad SSE block {block!r}"
+        data = b"\n".join(ln[6:] for ln in lines)
+        events.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+    return events
+
+
+def assert_well_ended(events: list[Any], n: int = 1) -> list[dict[str, Any]]:
+    """The stream contract: ``[DONE]`` last and once; one finish per choice (or one error
+    event), from OpenAI's set. Returns the final choices by index."""
+    assert events and events[-1] == "[DONE]", f"stream must end with [DONE]: {events[-3:]}"
+    assert events.count("[DONE]") == 1
+    errors = [e for e in events[:-1] if "error" in e]
+    if errors:
+        assert len(errors) == 1 and events[-2] is errors[0]
+        assert not any(c.get("finish_reason") for e in events[:-1] for c in e.get("choices", []))
+        return []
+    finals: dict[int, dict[str, Any]] = {}
+    for e in events[:-1]:
+        for c in e["choices"]:
+            if c.get("finish_reason") is not None:
+                assert c["index"] not in finals, f"two final chunks for choice {c['index']}"
+                assert c["finish_reason"] in {"stop", "length", "tool_calls", "content_filter"}
+                finals[c["index"]] = c
+            else:
+                assert c["index"] not in finals, "a chunk after the final chunk"
+    assert sorted(finals) == list(range(n)), f"final chunks for {sorted(finals)}, want {n}"
+    return [finals[i] for i in range(n)]
