@@ -86,8 +86,9 @@ async def drive(url: str, body: dict[str, object], concurrency: int, seconds: fl
             while time.monotonic() < stop_at:
                 t0 = time.monotonic()
                 try:
-                    async with session.post(url, data=payload,
-                                            headers={"Content-Type": "application/json"}) as r:
+                    async with session.post(
+                        url, data=payload, headers={"Content-Type": "application/json"}
+                    ) as r:
                         if r.status != 200:
                             res.errors += 1
                             await r.read()
@@ -95,7 +96,12 @@ async def drive(url: str, body: dict[str, object], concurrency: int, seconds: fl
                         if stream:
                             first = None
                             async for line in r.content:
-                                if first is None and line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
+                                if (
+                                    first is None
+                                    and line.startswith(b"data: {")
+                                    and b'"content":"' in line
+                                    and b'"content":""' not in line
+                                ):
                                     first = time.monotonic() - t0
                             if first is not None:
                                 res.ttfts.append(first)
@@ -116,8 +122,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--token-delay", type=float, default=0.005,
-                    help="simulated seconds per token (0.005 = 200 tokens/s per stream)")
+    ap.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.005,
+        help="simulated seconds per token (0.005 = 200 tokens/s per stream)",
+    )
     ap.add_argument("--pin", action="store_true", help="sim+client on CPU 0, gateway on CPU 1")
     ap.add_argument("--modes", default="stream,nonstream")
     args = ap.parse_args()
@@ -125,8 +135,18 @@ def main() -> None:
     if args.pin:
         os.sched_setaffinity(0, {0})
     sim_port, gw_port = free_port(), free_port()
-    sim_cmd = [sys.executable, "-m", "gateway", "sim", "--port", str(sim_port),
-               "--model", "sim-r1", "--token-delay", str(args.token_delay)]
+    sim_cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "sim",
+        "--port",
+        str(sim_port),
+        "--model",
+        "sim-r1",
+        "--token-delay",
+        str(args.token_delay),
+    ]
     if args.pin:
         sim_cmd = ["taskset", "-c", "0", *sim_cmd]
     profile = f"""
@@ -143,8 +163,16 @@ models:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "profiles.yaml"
         cfg.write_text(profile)
-        gw_cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(cfg),
-                  "--port", str(gw_port)]
+        gw_cmd = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(gw_port),
+        ]
         if args.pin:
             gw_cmd = ["taskset", "-c", "1", *gw_cmd]
         env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning"}
@@ -154,39 +182,68 @@ models:
             wait_up(f"http://127.0.0.1:{sim_port}/health")
             wait_up(f"http://127.0.0.1:{gw_port}/health")
             gw_pid = procs[1].pid
-            messages = [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": "What is 2 + 2?"}]
+            messages = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is 2 + 2?"},
+            ]
             upstream_messages = [{"role": "user", "content": "\nBe brief.\n\nWhat is 2 + 2?"}]
-            print(f"concurrency={args.concurrency} seconds={args.seconds} "
-                  f"token_delay={args.token_delay} pin={args.pin} cpus={os.cpu_count()}")
-            print(f"{'mode':<10}{'target':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-                  f"{'ttft p50':>10}{'ttft p99':>10}{'errors':>8}{'cpu s/1k':>10}")
+            print(
+                f"concurrency={args.concurrency} seconds={args.seconds} "
+                f"token_delay={args.token_delay} pin={args.pin} cpus={os.cpu_count()}"
+            )
+            print(
+                f"{'mode':<10}{'target':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+                f"{'ttft p50':>10}{'ttft p99':>10}{'errors':>8}{'cpu s/1k':>10}"
+            )
             for mode in args.modes.split(","):
                 stream = mode == "stream"
-                direct_body = {"model": "sim-r1", "messages": upstream_messages,
-                               "stop_token_ids": [151643], "temperature": 0.6, "top_p": 0.95,
-                               "stream": stream}
+                direct_body = {
+                    "model": "sim-r1",
+                    "messages": upstream_messages,
+                    "stop_token_ids": [151643],
+                    "temperature": 0.6,
+                    "top_p": 0.95,
+                    "stream": stream,
+                }
                 if stream:
                     direct_body["stream_options"] = {"include_usage": True}
                 gw_body = {"model": "r1", "messages": messages, "stream": stream}
                 # warm-up both paths
-                asyncio.run(drive(f"http://127.0.0.1:{sim_port}/v1/chat/completions",
-                                  direct_body, 4, 1))
-                asyncio.run(drive(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                                  gw_body, 4, 1))
-                direct = asyncio.run(drive(f"http://127.0.0.1:{sim_port}/v1/chat/completions",
-                                           direct_body, args.concurrency, args.seconds))
+                asyncio.run(
+                    drive(f"http://127.0.0.1:{sim_port}/v1/chat/completions", direct_body, 4, 1)
+                )
+                asyncio.run(drive(f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw_body, 4, 1))
+                direct = asyncio.run(
+                    drive(
+                        f"http://127.0.0.1:{sim_port}/v1/chat/completions",
+                        direct_body,
+                        args.concurrency,
+                        args.seconds,
+                    )
+                )
                 c0 = cpu_seconds(gw_pid)
-                via = asyncio.run(drive(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                                        gw_body, args.concurrency, args.seconds))
+                via = asyncio.run(
+                    drive(
+                        f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                        gw_body,
+                        args.concurrency,
+                        args.seconds,
+                    )
+                )
                 cpu_per_k = (cpu_seconds(gw_pid) - c0) / max(1, len(via.latencies)) * 1000
                 for name, r, cpu in (("direct", direct, ""), ("gateway", via, f"{cpu_per_k:.2f}")):
-                    print(f"{mode:<10}{name:<9}{r.rps:>9.1f}{r.pct(r.latencies, .5):>9.1f}"
-                          f"{r.pct(r.latencies, .99):>9.1f}{r.pct(r.ttfts, .5):>10.1f}"
-                          f"{r.pct(r.ttfts, .99):>10.1f}{r.errors:>8}{cpu:>10}")
-                added = (statistics.median(via.latencies) - statistics.median(direct.latencies)) * 1000
-                print(f"{mode:<10}ratio gateway/direct throughput = {via.rps / direct.rps:.2f}; "
-                      f"added p50 latency = {added:.1f} ms")
+                    print(
+                        f"{mode:<10}{name:<9}{r.rps:>9.1f}{r.pct(r.latencies, 0.5):>9.1f}"
+                        f"{r.pct(r.latencies, 0.99):>9.1f}{r.pct(r.ttfts, 0.5):>10.1f}"
+                        f"{r.pct(r.ttfts, 0.99):>10.1f}{r.errors:>8}{cpu:>10}"
+                    )
+                added = (
+                    statistics.median(via.latencies) - statistics.median(direct.latencies)
+                ) * 1000
+                print(
+                    f"{mode:<10}ratio gateway/direct throughput = {via.rps / direct.rps:.2f}; "
+                    f"added p50 latency = {added:.1f} ms"
+                )
         finally:
             for p in procs:
                 p.terminate()

@@ -75,15 +75,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
         sim = SimVLLM(served, token_delay=args.token_delay)
         runner, sim_port = await start_sim(sim)
         backend = Backend(name="simulated-vllm", url=f"http://127.0.0.1:{sim_port}")
-        demo = dataclasses.replace(profiles, models={
-            name: dataclasses.replace(p, backends=(backend,))
-            for name, p in profiles.models.items()
-        })
-        print(f"simulated vLLM on {backend.url}; gateway on http://{settings.host}:{settings.port}/v1")
+        demo = dataclasses.replace(
+            profiles,
+            models={
+                name: dataclasses.replace(p, backends=(backend,))
+                for name, p in profiles.models.items()
+            },
+        )
+        print(
+            f"simulated vLLM on {backend.url}; gateway on http://{settings.host}:{settings.port}/v1"
+        )
         print(f"models: {', '.join(demo.models)}")
-        config_ = uvicorn.Config(create_app(settings, demo), host=settings.host,
-                                 port=settings.port, log_level=settings.log_level,
-                                 access_log=False)
+        config_ = uvicorn.Config(
+            create_app(settings, demo),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+        )
         try:
             await uvicorn.Server(config_).serve()
         finally:
@@ -103,8 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the profiles in front of vLLM")
-    serve.add_argument("--config", default=None, help="profile file (default $GATEWAY_CONFIG "
-                       "or model_profiles.yaml)")
+    serve.add_argument(
+        "--config",
+        default=None,
+        help="profile file (default $GATEWAY_CONFIG or model_profiles.yaml)",
+    )
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
@@ -113,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--config", default=None)
     demo.add_argument("--host", default=None)
     demo.add_argument("--port", type=int, default=None)
-    demo.add_argument("--token-delay", type=float, default=0.03,
-                      help="seconds between simulated tokens")
+    demo.add_argument(
+        "--token-delay", type=float, default=0.03, help="seconds between simulated tokens"
+    )
     demo.set_defaults(func=cmd_demo)
 
     sub.add_parser("sim", help="run only the simulated vLLM server (gateway sim --help)")

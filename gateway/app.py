@@ -67,7 +67,7 @@ def error_response(exc: GatewayError) -> Response:
     return json_response(error_body_for(exc), exc.status)
 
 
-class EventStreamResponse:
+class EventStreamResponse(Response):
     """An SSE response that stops the stream as soon as the client disconnects.
 
     uvicorn speaks ASGI 2.3, where a disconnect is only seen by ``receive()``: a watcher task
@@ -75,9 +75,10 @@ class EventStreamResponse:
     upstream at once, even while the upstream is silent.
     """
 
-    def __init__(self, body: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
-        self.body = body
-        self.headers = headers
+    def __init__(self, stream: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.stream = stream
+        self.raw_headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -93,8 +94,8 @@ class EventStreamResponse:
 
         watcher = asyncio.create_task(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-            async for frame in self.body:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for frame in self.stream:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -103,7 +104,7 @@ class EventStreamResponse:
             task.uncancel()
         finally:
             watcher.cancel()
-            await self.body.aclose()  # type: ignore[attr-defined]
+            await self.stream.aclose()  # type: ignore[attr-defined]
 
 
 class Gateway:
@@ -123,7 +124,7 @@ class Gateway:
             it = self._rr[profile.name] = itertools.cycle(profile.backends)
         return next(it)
 
-    async def handle(self, raw: bytes, endpoint: Endpoint) -> Response | EventStreamResponse:
+    async def handle(self, raw: bytes, endpoint: Endpoint) -> Response:
         body = parse_request(raw, endpoint)
         profiles = self.profiles  # one snapshot for the whole request
         profile = profiles.get(body["model"])
@@ -187,7 +188,10 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-_HOT_ROUTES: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+_HOT_ROUTES: dict[str, Endpoint] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+}
 
 
 class GatewayApp:
@@ -206,7 +210,7 @@ class GatewayApp:
             endpoint = _HOT_ROUTES.get(scope["path"])
             if endpoint is not None:
                 gateway: Gateway = self.api.state.gateway
-                response: Response | EventStreamResponse
+                response: Response
                 try:
                     response = await gateway.handle(await read_body(receive), endpoint)
                 except GatewayError as exc:
@@ -229,7 +233,9 @@ def create_app(settings: Settings, profiles: ProfileSet | None = None) -> Gatewa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        snapshot = profiles or await asyncio.to_thread(load_profiles, settings.config)
+        snapshot = profiles
+        if snapshot is None:
+            snapshot = await asyncio.to_thread(load_profiles, settings.config)
         async with UpstreamClient(max_connections=settings.max_upstream_connections) as up:
             app.state.gateway = Gateway(settings, snapshot, up)
             log.info(
@@ -244,10 +250,10 @@ def create_app(settings: Settings, profiles: ProfileSet | None = None) -> Gatewa
 
     # Served by GatewayApp before FastAPI sees them; registered so that mounting the FastAPI
     # app alone still works and the routes appear in its OpenAPI schema.
-    async def chat_completions(request: Request) -> Response | EventStreamResponse:
+    async def chat_completions(request: Request) -> Response:
         return await gw(request).handle(await request.body(), "chat")
 
-    async def completions(request: Request) -> Response | EventStreamResponse:
+    async def completions(request: Request) -> Response:
         return await gw(request).handle(await request.body(), "completions")
 
     async def models(request: Request) -> Response:

@@ -172,7 +172,9 @@ def _describe(err: Any) -> str:
     if kind in bounds:
         op, key = bounds[kind]
         bound = ctx.get(key)
-        msg = f"must be {op} {bound:g}" if isinstance(bound, int | float) else f"must be {op} {bound}"
+        msg = (
+            f"must be {op} {bound:g}" if isinstance(bound, int | float) else f"must be {op} {bound}"
+        )
     elif kind == "extra_forbidden":
         return f"{path}: unknown key"
     elif kind == "missing":

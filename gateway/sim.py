@@ -36,16 +36,39 @@ from aiohttp import web
 # holds only </think> (151649). After the answer comes the eos <｜end▁of▁sentence｜> (151643)
 # and, for a server that was not told to stop there, a run-on of the next turn.
 R1_DEMO: list[tuple[int, str]] = [
-    (1001, "Okay"), (1002, ","), (1003, " the"), (1004, " user"), (1005, " asks"),
-    (1006, " for"), (1007, " 2"), (1008, " +"), (1009, " 2"), (1010, "."),
-    (1011, " That"), (1012, " is"), (1013, " 4"), (1010, "."), (1014, "\n"),
-    (151649, "</think>"), (1015, "\n\n"), (1016, "2"), (1008, " +"), (1009, " 2"),
-    (1017, " ="), (1018, " **"), (1019, "4"), (1020, "**"), (1010, "."),
+    (1001, "Okay"),
+    (1002, ","),
+    (1003, " the"),
+    (1004, " user"),
+    (1005, " asks"),
+    (1006, " for"),
+    (1007, " 2"),
+    (1008, " +"),
+    (1009, " 2"),
+    (1010, "."),
+    (1011, " That"),
+    (1012, " is"),
+    (1013, " 4"),
+    (1010, "."),
+    (1014, "\n"),
+    (151649, "</think>"),
+    (1015, "\n\n"),
+    (1016, "2"),
+    (1008, " +"),
+    (1009, " 2"),
+    (1017, " ="),
+    (1018, " **"),
+    (1019, "4"),
+    (1020, "**"),
+    (1010, "."),
     (151643, "<｜end▁of▁sentence｜>"),
-    (151644, "<｜User｜>"), (1021, "Thanks"), (1022, "!"),
+    (151644, "<｜User｜>"),
+    (1021, "Thanks"),
+    (1022, "!"),
 ]
 
 _ids = itertools.count(1)
+FINGERPRINT = "vllm-sim"
 
 
 def _error(message: str, type_: str, status: int, param: str | None = None) -> web.Response:
@@ -92,8 +115,10 @@ class SimVLLM:
         return web.Response(status=200)
 
     async def models(self, request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "vllm"}
-                for m in self.served_models]
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "vllm"}
+            for m in self.served_models
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def get_requests(self, request: web.Request) -> web.Response:
@@ -113,9 +138,9 @@ class SimVLLM:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
-    def _plan(self, body: dict[str, Any], tokens: list[tuple[int, str]]) -> tuple[
-        list[tuple[int, str]], str | None, int | str | None
-    ]:
+    def _plan(
+        self, body: dict[str, Any], tokens: list[tuple[int, str]]
+    ) -> tuple[list[tuple[int, str]], str | None, int | str | None]:
         """Which tokens are emitted, and how generation ends (finish_reason, stop_reason)."""
         stop_ids = set(body.get("stop_token_ids") or ())
         if self.eos_token_id is not None and not body.get("ignore_eos"):
@@ -133,7 +158,7 @@ class SimVLLM:
             for s in stops:
                 j = (text + piece).find(s)
                 if j != -1:
-                    out.append((tid, (text + piece)[len(text):j] if j >= len(text) else ""))
+                    out.append((tid, (text + piece)[len(text) : j] if j >= len(text) else ""))
                     return out, "stop", s
             out.append((tid, piece))
             text += piece
@@ -153,50 +178,116 @@ class SimVLLM:
             return _error("simulated failure", "InternalServerError", int(sim["status"]))
         model = body.get("model")
         if model not in self.served_models:
-            return _error(f"The model `{model}` does not exist.", "NotFoundError", 404, "model")
+            return _error(
+                f"The model `{model}` does not exist. Valid aliases: "
+                f"{', '.join(self.served_models)}.",
+                "NotFoundError",
+                404,
+                "model",
+            )
         if chat and not isinstance(body.get("messages"), list):
             return _error("messages: Field required", "BadRequestError", 400, "messages")
         if not chat and "prompt" not in body:
             return _error("prompt: Field required", "BadRequestError", 400, "prompt")
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            return _error(f"max_tokens must be at least 1, got {max_tokens}.",
-                          "BadRequestError", 400, "max_tokens")
+            return _error(
+                f"max_tokens must be at least 1, got {max_tokens}. "
+                f"(parameter=max_tokens, value={max_tokens})",
+                "BadRequestError",
+                400,
+                "max_tokens",
+            )
         script = [tuple(t) for t in sim["tokens"]] if "tokens" in sim else self.script
-        emitted, finish, stop_reason = self._plan(body, script)  # type: ignore[arg-type]
+        emitted, finish, stop_reason = self._plan(body, script)
         prompt_tokens = self._count_prompt(body, chat)
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(_ids):032x}"
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(_ids):016x}"
         created = int(time.time())
         if body.get("stream"):
-            return await self._stream(request, body, sim, chat, rid, created, model, emitted,
-                                      finish, stop_reason, prompt_tokens)
+            return await self._stream(
+                request,
+                body,
+                sim,
+                chat,
+                rid,
+                created,
+                model,
+                emitted,
+                finish,
+                stop_reason,
+                prompt_tokens,
+            )
         await asyncio.sleep(sim.get("first_token_delay", 0) + self.token_delay * len(emitted))
         text = "".join(p for _, p in emitted)
         if sim.get("finish") == "abort":
             finish = "abort"
-        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(emitted),
-                 "completion_tokens": len(emitted), "prompt_tokens_details": None}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + len(emitted),
+            "completion_tokens": len(emitted),
+            "prompt_tokens_details": None,
+            "completion_tokens_details": None,
+        }
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None,
-                            "annotations": None, "audio": None, "function_call": None,
-                            "tool_calls": [], "reasoning": None},
-                "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "reasoning": None,
+                },
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": stop_reason,
                 "token_ids": None,
+                "routed_experts": None,
             }
-            resp = {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [choice], "service_tier": None, "system_fingerprint": None,
-                    "usage": usage, "prompt_logprobs": None, "prompt_token_ids": None,
-                    "kv_transfer_params": None}
+            resp = {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "service_tier": None,
+                "system_fingerprint": FINGERPRINT,
+                "usage": usage,
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+                "prompt_text": None,
+                "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
+            }
         else:
-            resp = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text, "logprobs": None,
-                                 "finish_reason": finish, "stop_reason": stop_reason,
-                                 "token_ids": None, "prompt_logprobs": None,
-                                 "prompt_token_ids": None}],
-                    "service_tier": None, "system_fingerprint": None, "usage": usage,
-                    "kv_transfer_params": None}
+            resp = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": text,
+                        "logprobs": None,
+                        "finish_reason": finish,
+                        "stop_reason": stop_reason,
+                        "token_ids": None,
+                        "prompt_logprobs": None,
+                        "prompt_token_ids": None,
+                        "routed_experts": None,
+                    }
+                ],
+                "service_tier": None,
+                "system_fingerprint": FINGERPRINT,
+                "usage": usage,
+                "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
+            }
         return web.Response(body=orjson.dumps(resp), content_type="application/json")
 
     @staticmethod
@@ -207,31 +298,81 @@ class SimVLLM:
         prompt = body.get("prompt")
         return len(prompt.split()) if isinstance(prompt, str) else len(prompt or ())
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], sim: dict[str, Any],
-                      chat: bool, rid: str, created: int, model: str,
-                      emitted: list[tuple[int, str]], finish: str | None,
-                      stop_reason: int | str | None, prompt_tokens: int) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        sim: dict[str, Any],
+        chat: bool,
+        rid: str,
+        created: int,
+        model: str,
+        emitted: list[tuple[int, str]],
+        finish: str | None,
+        stop_reason: int | str | None,
+        prompt_tokens: int,
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
-        base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": created, "model": model}
+        base = {
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+        }
         delay = float(sim.get("token_delay", self.token_delay))
         keepalive = sim.get("keepalive")
         merge = max(1, int(sim.get("merge", 1)))
 
-        def chunk(text: str, fin: str | None = None, sr: Any = None, role: bool = False,
-                  final: bool = False) -> bytes:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(
+            text: str,
+            fin: str | None = None,
+            sr: Any = None,
+            role: bool = False,
+            final: bool = False,
+        ) -> bytes:
+            if chat and role:
+                return _sse(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                        "prompt_token_ids": None,
+                        "prompt_text": None,
+                    }
+                )
             if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {
-                    "content": text}
-                ch: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
-                                      "finish_reason": fin}
+                ch: dict[str, Any] = {
+                    "index": 0,
+                    "delta": {"content": text},
+                    "logprobs": None,
+                    "finish_reason": fin,
+                }
                 if final:
                     ch["stop_reason"] = sr
+                ch["token_ids"] = None
             else:
-                ch = {"index": 0, "text": text, "logprobs": None, "finish_reason": fin,
-                      "stop_reason": sr}
-            return _sse({**base, "choices": [ch]})
+                ch = {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": fin,
+                    "stop_reason": sr,
+                    "prompt_token_ids": None,
+                    "token_ids": None,
+                }
+            out = {**base, "choices": [ch]}
+            if final and not include_usage:
+                out["system_fingerprint"] = FINGERPRINT  # vLLM stamps the terminal chunk
+            return _sse(out)
 
         async def pause(seconds: float) -> None:
             if keepalive:
@@ -251,13 +392,19 @@ class SimVLLM:
             last = len(emitted) - 1
             i = 0
             while i <= last:
-                group = emitted[i:i + merge]
+                group = emitted[i : i + merge]
                 i += len(group)
                 n_done = i
                 text = "".join(p for _, p in group)
                 if sim.get("error_after") is not None and n_done > sim["error_after"]:
-                    err = {"error": {"message": "simulated engine error",
-                                     "type": "InternalServerError", "param": None, "code": 500}}
+                    err = {
+                        "error": {
+                            "message": "simulated engine error",
+                            "type": "InternalServerError",
+                            "param": None,
+                            "code": 500,
+                        }
+                    }
                     await resp.write(_sse(err) + b"data: [DONE]\n\n")
                     await resp.write_eof()
                     return resp
@@ -284,12 +431,15 @@ class SimVLLM:
                     await pause(float(sim.get("stall_for", 3600)))
                 elif delay and i <= last:
                     await asyncio.sleep(delay)
-            so = body.get("stream_options") or {}
-            if so.get("include_usage"):
-                usage = {"prompt_tokens": prompt_tokens,
-                         "total_tokens": prompt_tokens + len(emitted),
-                         "completion_tokens": len(emitted)}
-                await resp.write(_sse({**base, "choices": [], "usage": usage}))
+            if include_usage:
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "total_tokens": prompt_tokens + len(emitted),
+                    "completion_tokens": len(emitted),
+                }
+                await resp.write(
+                    _sse({**base, "choices": [], "usage": usage, "system_fingerprint": FINGERPRINT})
+                )
             if not sim.get("omit_done"):
                 await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -301,13 +451,15 @@ class SimVLLM:
         return resp
 
 
-async def start_sim(sim: SimVLLM, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+async def start_sim(
+    sim: SimVLLM, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
     """Serve ``sim`` on ``host:port`` (0 = a free port); returns the runner and the port."""
     runner = web.AppRunner(sim.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # noqa: SLF001 - aiohttp exposes no public getter for the bound port
+    server = site._server
     assert server is not None
     bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     return runner, int(bound)

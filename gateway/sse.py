@@ -44,7 +44,7 @@ class SSEDecoder:
             elif line[0] == 0x3A:  # ':' comment
                 self.comments += 1
             else:
-                name, sep, value = line.partition(b":")
+                name, _, value = line.partition(b":")
                 if name == b"data":
                     data.append(value[1:] if value[:1] == b" " else value)
                 # event/id/retry and unknown fields carry nothing the gateway uses

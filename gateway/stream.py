@@ -108,9 +108,13 @@ class StreamNormalizer:
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return self._error("upstream sent an unreadable stream event", "upstream_protocol_error")
+            return self._error(
+                "upstream sent an unreadable stream event", "upstream_protocol_error"
+            )
         if not isinstance(obj, dict):
-            return self._error("upstream sent an unexpected stream event", "upstream_protocol_error")
+            return self._error(
+                "upstream sent an unexpected stream event", "upstream_protocol_error"
+            )
         choices = obj.get("choices")
         if choices is None and "error" in obj:
             self.errored = True
@@ -295,7 +299,7 @@ def normalize_response(
             hits = [(i, s) for s in stop_text if (i := text.find(s)) != -1]
             if hits:
                 i, matched = min(hits)
-                holder[key] = text[:i]  # type: ignore[index]
+                holder[key] = text[:i]
                 ch["finish_reason"] = "stop"
                 ch["stop_reason"] = matched
                 ch["upstream_finish_reason"] = reason

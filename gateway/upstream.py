@@ -8,7 +8,6 @@ throughput with aiohttp against 6% / 15% with ``httpx.AsyncClient``.
 
 from __future__ import annotations
 
-import asyncio
 from types import TracebackType
 from typing import Self
 
@@ -111,7 +110,7 @@ class UpstreamClient:
         if resp.status >= 400:
             try:
                 err_body = await resp.content.read(_MAX_ERROR_BODY)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 err_body = b""
             finally:
                 resp.close()

@@ -60,7 +60,16 @@ class SimProcess:
 def run_sim(models: list[str], *extra: str) -> Iterator[SimProcess]:
     """Start ``gateway sim`` in its own process on a free port; always stopped."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "sim", "--port", "0", *sum((["--model", m] for m in models), []), *extra],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "sim",
+            "--port",
+            "0",
+            *(arg for m in models for arg in ("--model", m)),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -35,13 +35,23 @@ def test_shipped_profiles_load_with_the_documented_facts() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (f"models: {{r1: {{{OK}, defaults: {{temperature: -1}}}}}}",
-         "models.r1.defaults.temperature: must be >= 0, got -1"),
-        (f"models: {{r1: {{{OK}, defaults: {{top_p: 1.5}}}}}}",
-         "models.r1.defaults.top_p: must be <= 1, got 1.5"),
-        ("models: {r1: {backends: [{url: ftp://x}]}}", "models.r1.backends.0.url: must be an http(s) URL"),
+        (
+            f"models: {{r1: {{{OK}, defaults: {{temperature: -1}}}}}}",
+            "models.r1.defaults.temperature: must be >= 0, got -1",
+        ),
+        (
+            f"models: {{r1: {{{OK}, defaults: {{top_p: 1.5}}}}}}",
+            "models.r1.defaults.top_p: must be <= 1, got 1.5",
+        ),
+        (
+            "models: {r1: {backends: [{url: ftp://x}]}}",
+            "models.r1.backends.0.url: must be an http(s) URL",
+        ),
         (f"models: {{r1: {{{OK}, stop_tokn_ids: [1]}}}}", "models.r1.stop_tokn_ids: unknown key"),
-        (f"models: {{r1: {{{OK}, stop_token_ids: [-5]}}}}", "models.r1.stop_token_ids: token ids must be >= 0, got -5"),
+        (
+            f"models: {{r1: {{{OK}, stop_token_ids: [-5]}}}}",
+            "models.r1.stop_token_ids: token ids must be >= 0, got -5",
+        ),
         (f"models: {{r1: {{{OK}, prompt: {{system: fold}}}}}}", "models.r1.prompt.system:"),
         (f"timeouts: {{idle: 0}}\nmodels: {{r1: {{{OK}}}}}", "timeouts.idle: must be > 0, got 0"),
         ("models: {r1: {}}", "models.r1.backends: required key is missing"),
@@ -70,6 +80,8 @@ def test_version_is_a_content_hash() -> None:
 
 
 def test_per_model_timeouts_override_gateway_wide() -> None:
-    ps = parse_profiles(f"timeouts: {{idle: 7, total: 70}}\nmodels: {{r1: {{{OK}, timeouts: {{idle: 3}}}}}}")
+    ps = parse_profiles(
+        f"timeouts: {{idle: 7, total: 70}}\nmodels: {{r1: {{{OK}, timeouts: {{idle: 3}}}}}}"
+    )
     t = ps.models["r1"].timeouts
     assert (t.idle, t.total, t.first_token, t.connect) == (3, 70, 60, 5)

@@ -38,7 +38,7 @@ def test_character_by_character_and_nothing_after_hit() -> None:
     m = StopTextMatcher([STOP])
     released = ""
     for ch in TEXT:
-        text, hit = m.feed(ch)
+        text, _ = m.feed(ch)
         released += text
     assert released == "The answer is 4." and m.hit
     assert m.feed("x") == ("", True) and m.flush() == ""
@@ -46,7 +46,10 @@ def test_character_by_character_and_nothing_after_hit() -> None:
 
 def test_earliest_of_several_stops_wins() -> None:
     assert run(["<|im_end|>", "<|endoftext|>"], ["a<|endoftext|>b<|im_end|>"]) == (
-        "a", True, "<|endoftext|>")
+        "a",
+        True,
+        "<|endoftext|>",
+    )
 
 
 def test_only_a_possible_prefix_is_held_back() -> None:

@@ -11,10 +11,22 @@ from tests.helpers import assert_well_ended, sse_events
 
 
 def chunk(index: int, content: str | None, finish: str | None = None, **extra: Any) -> bytes:
-    ch: dict[str, Any] = {"index": index, "delta": {} if content is None else {"content": content},
-                          "logprobs": None, "finish_reason": finish, **extra}
-    return orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-                         "model": "upstream-name", "choices": [ch]})
+    ch: dict[str, Any] = {
+        "index": index,
+        "delta": {} if content is None else {"content": content},
+        "logprobs": None,
+        "finish_reason": finish,
+        **extra,
+    }
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "upstream-name",
+            "choices": [ch],
+        }
+    )
 
 
 def run(norm: StreamNormalizer, payloads: list[bytes], cause: str | None = None) -> list[Any]:
@@ -58,9 +70,23 @@ def test_chunk_entirely_held_back_is_not_sent() -> None:
 
 def test_unknown_finish_reason_and_completions_text() -> None:
     norm = StreamNormalizer(public_model="pub", endpoint="completions")
-    payload = orjson.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "u",
-                            "choices": [{"index": 0, "text": "x", "logprobs": None,
-                                         "finish_reason": "weird", "stop_reason": None}]})
+    payload = orjson.dumps(
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": "u",
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "x",
+                    "logprobs": None,
+                    "finish_reason": "weird",
+                    "stop_reason": None,
+                }
+            ],
+        }
+    )
     events = run(norm, [payload, b"[DONE]"])
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == "stop" and final["upstream_finish_reason"] == "weird"
@@ -71,15 +97,30 @@ def test_close_without_any_chunk_synthesizes_role_and_final() -> None:
     events = run(norm, [], cause="first_token_timeout")
     (final,) = assert_well_ended(events)
     assert final["delta"] == {"role": "assistant", "content": ""}
-    assert final["finish_reason"] == "length" and final["gateway_termination"] == "first_token_timeout"
-    assert events[0]["object"] == "chat.completion.chunk" and events[0]["id"].startswith("chatcmpl-")
+    assert (
+        final["finish_reason"] == "length" and final["gateway_termination"] == "first_token_timeout"
+    )
+    assert events[0]["object"] == "chat.completion.chunk" and events[0]["id"].startswith(
+        "chatcmpl-"
+    )
 
 
 def test_normalize_response_stop_text_and_abort() -> None:
-    obj = {"model": "u", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "ok<|im_end|>junk"}, "finish_reason": "length"},
-        {"index": 1, "message": {"role": "assistant", "content": "cut"}, "finish_reason": "abort"},
-    ]}
+    obj = {
+        "model": "u",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok<|im_end|>junk"},
+                "finish_reason": "length",
+            },
+            {
+                "index": 1,
+                "message": {"role": "assistant", "content": "cut"},
+                "finish_reason": "abort",
+            },
+        ],
+    }
     out = normalize_response(obj, public_model="pub", endpoint="chat", stop_text=("<|im_end|>",))
     first, second = out["choices"]
     assert first["message"]["content"] == "ok" and first["finish_reason"] == "stop"

@@ -19,8 +19,12 @@ R1 = PROFILES.models["r1"]
 
 
 def test_build_body_does_not_modify_the_client_body() -> None:
-    body: dict[str, Any] = {"model": "r1", "messages": [{"role": "user", "content": "q"}],
-                            "temperature": None, "stream": True}
+    body: dict[str, Any] = {
+        "model": "r1",
+        "messages": [{"role": "user", "content": "q"}],
+        "temperature": None,
+        "stream": True,
+    }
     snapshot = repr(body)
     out, wants_usage = build_upstream_body(body, R1, "chat")
     assert repr(body) == snapshot
@@ -42,17 +46,28 @@ def test_system_merge_without_user_turn_becomes_user() -> None:
 
 
 def test_system_merge_several_and_developer() -> None:
-    msgs = [{"role": "system", "content": "a"}, {"role": "developer", "content": "b"},
-            {"role": "user", "content": [{"type": "image_url"}, {"type": "text", "text": "q"}]}]
+    msgs = [
+        {"role": "system", "content": "a"},
+        {"role": "developer", "content": "b"},
+        {"role": "user", "content": [{"type": "image_url"}, {"type": "text", "text": "q"}]},
+    ]
     assert apply_system_rule(msgs, "merge") == [
-        {"role": "user", "content": [{"type": "image_url"}, {"type": "text", "text": "a\n\nb\n\nq"}]}]
+        {
+            "role": "user",
+            "content": [{"type": "image_url"}, {"type": "text", "text": "a\n\nb\n\nq"}],
+        }
+    ]
     assert apply_system_rule(msgs, "drop") == msgs[2:]
     assert apply_system_rule(msgs, "keep") is msgs
 
 
 def test_leading_newline_targets_last_user_turn_only() -> None:
-    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-            {"role": "user", "content": "c"}, {"role": "assistant", "content": "partial"}]
+    msgs = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "partial"},
+    ]
     out = apply_leading_newline(msgs)
     assert [m["content"] for m in out] == ["a", "b", "\nc", "partial"]
     assert msgs[2]["content"] == "c"

@@ -29,7 +29,9 @@ async def aclient(gateway: GatewayServer) -> Any:
 def raw(gateway: GatewayServer) -> Any:
     """POST a JSON body, return (status, headers, decoded SSE events or JSON body)."""
 
-    def post(path: str, body: dict[str, Any], timeout: float = 10) -> tuple[int, httpx.Headers, Any]:
+    def post(
+        path: str, body: dict[str, Any], timeout: float = 10
+    ) -> tuple[int, httpx.Headers, Any]:
         r = httpx.post(gateway.base_url + path, json=body, timeout=timeout)
         if r.headers.get("content-type", "").startswith("text/event-stream"):
             return r.status_code, r.headers, sse_events(r.content)

@@ -23,8 +23,11 @@ def assert_openai_error(body: Any, code: Any = None) -> None:
 
 
 def test_invalid_json_is_400(gateway: GatewayServer) -> None:
-    r = httpx.post(gateway.base_url + "/chat/completions", content=b"{not json",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        gateway.base_url + "/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert_openai_error(r.json(), "invalid_request")
 
@@ -40,7 +43,9 @@ def test_invalid_json_is_400(gateway: GatewayServer) -> None:
         ([1, 2], None),
     ],
 )
-def test_schema_errors_are_400_naming_the_field(gateway: GatewayServer, body: Any, param: Any) -> None:
+def test_schema_errors_are_400_naming_the_field(
+    gateway: GatewayServer, body: Any, param: Any
+) -> None:
     r = httpx.post(gateway.base_url + "/chat/completions", json=body)
     assert r.status_code == 400
     assert_openai_error(r.json())
@@ -63,16 +68,21 @@ def test_unreachable_upstream_is_502(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_upstream_error_status_passed_on_with_body(client: openai.OpenAI, fresh_sim: SimProcess, stream: bool) -> None:
+def test_upstream_error_status_passed_on_with_body(
+    client: openai.OpenAI, fresh_sim: SimProcess, stream: bool
+) -> None:
     with pytest.raises(openai.APIStatusError) as exc:
-        client.chat.completions.create(model="r1", messages=USER, stream=stream,
-                                       extra_body={"sim": {"status": 503}})
+        client.chat.completions.create(
+            model="r1", messages=USER, stream=stream, extra_body={"sim": {"status": 503}}
+        )
     assert exc.value.status_code == 503
     assert exc.value.body["message"] == "simulated failure"  # type: ignore[index]
     assert exc.value.body["type"] == "InternalServerError"  # type: ignore[index]
 
 
-def test_vllm_404_for_unserved_upstream_model_passed_on(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
+def test_vllm_404_for_unserved_upstream_model_passed_on(
+    client: openai.OpenAI, fresh_sim: SimProcess
+) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model="unserved", messages=USER)
     assert "not-on-this-server" in exc.value.message
@@ -81,8 +91,9 @@ def test_vllm_404_for_unserved_upstream_model_passed_on(client: openai.OpenAI, f
 def test_vllm_400_passed_on(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
     # The gateway's own checks allow this; the backend refuses it with vLLM's 400 body.
     with pytest.raises(openai.BadRequestError) as exc:
-        client.completions.create(model="r1", prompt="x", max_tokens=5,
-                                  extra_body={"max_tokens": -3})
+        client.completions.create(
+            model="r1", prompt="x", max_tokens=5, extra_body={"max_tokens": -3}
+        )
     assert exc.value.status_code == 400
 
 
@@ -109,7 +120,9 @@ def test_stream_timeouts_end_with_length_and_cause(
     raw: Any, fresh_sim: SimProcess, script: dict[str, Any], termination: str, text: Any
 ) -> None:
     t0 = time.monotonic()
-    _, _, events = raw("/chat/completions", {"model": "hasty", "messages": USER, "stream": True, "sim": script})
+    _, _, events = raw(
+        "/chat/completions", {"model": "hasty", "messages": USER, "stream": True, "sim": script}
+    )
     assert time.monotonic() - t0 < 4  # profile: first_token 0.5, idle 0.5, total 2
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == "length"
@@ -126,18 +139,25 @@ def test_stream_timeouts_end_with_length_and_cause(
 def test_non_stream_timeout_is_504(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
     t0 = time.monotonic()
     with pytest.raises(openai.APIStatusError) as exc:
-        client.chat.completions.create(model="hasty", messages=USER,
-                                       extra_body={"sim": {"first_token_delay": 5}})
+        client.chat.completions.create(
+            model="hasty", messages=USER, extra_body={"sim": {"first_token_delay": 5}}
+        )
     assert time.monotonic() - t0 < 4
     assert exc.value.status_code == 504
     assert exc.value.body["code"] == "total_timeout"  # type: ignore[index]
 
 
-def test_client_disconnect_cancels_upstream_at_once(gateway: GatewayServer, fresh_sim: SimProcess) -> None:
+def test_client_disconnect_cancels_upstream_at_once(
+    gateway: GatewayServer, fresh_sim: SimProcess
+) -> None:
     # The upstream stalls for 30 s (longer than any timeout of the r1 profile would wait
     # before the test ends): only the disconnect can close it this fast.
-    body = {"model": "r1", "messages": USER, "stream": True,
-            "sim": {"stall_after": 3, "stall_for": 30}}
+    body = {
+        "model": "r1",
+        "messages": USER,
+        "stream": True,
+        "sim": {"stall_after": 3, "stall_for": 30},
+    }
     with httpx.stream("POST", gateway.base_url + "/chat/completions", json=body, timeout=10) as r:
         it = r.iter_raw()
         got = b""

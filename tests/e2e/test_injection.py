@@ -7,7 +7,9 @@ import openai
 from tests.helpers import SimProcess
 
 
-def test_stop_ids_merged_defaults_fill_prompt_rules(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
+def test_stop_ids_merged_defaults_fill_prompt_rules(
+    client: openai.OpenAI, fresh_sim: SimProcess
+) -> None:
     client.chat.completions.create(
         model="r1",
         messages=[
@@ -34,7 +36,10 @@ def test_stop_ids_merged_defaults_fill_prompt_rules(client: openai.OpenAI, fresh
 def test_overrides_win_and_system_drop(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
     client.chat.completions.create(
         model="strict",
-        messages=[{"role": "system", "content": "secret rules"}, {"role": "user", "content": "\nhi"}],
+        messages=[
+            {"role": "system", "content": "secret rules"},
+            {"role": "user", "content": "\nhi"},
+        ],
         temperature=1.5,
         extra_body={"top_k": 50},
     )
@@ -45,14 +50,18 @@ def test_overrides_win_and_system_drop(client: openai.OpenAI, fresh_sim: SimProc
     assert sent["messages"] == [{"role": "user", "content": "\nhi"}]
 
 
-def test_leading_newline_not_doubled_and_content_parts(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
+def test_leading_newline_not_doubled_and_content_parts(
+    client: openai.OpenAI, fresh_sim: SimProcess
+) -> None:
     client.chat.completions.create(model="r1", messages=[{"role": "user", "content": "\nalready"}])
     assert fresh_sim.last_request()["messages"][-1]["content"] == "\nalready"
     client.chat.completions.create(
         model="r1",
         messages=[{"role": "user", "content": [{"type": "text", "text": "parts"}]}],
     )
-    assert fresh_sim.last_request()["messages"][-1]["content"] == [{"type": "text", "text": "\nparts"}]
+    assert fresh_sim.last_request()["messages"][-1]["content"] == [
+        {"type": "text", "text": "\nparts"}
+    ]
 
 
 def test_plain_profile_passes_request_through(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
@@ -64,4 +73,7 @@ def test_plain_profile_passes_request_through(client: openai.OpenAI, fresh_sim: 
     sent = fresh_sim.last_request()
     assert "stop_token_ids" not in sent and "temperature" not in sent
     assert sent["min_p"] == 0.05  # vLLM extra fields pass untouched
-    assert sent["messages"] == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert sent["messages"] == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+    ]

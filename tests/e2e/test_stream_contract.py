@@ -20,7 +20,9 @@ def chat_text(events: list[Any]) -> str:
     )
 
 
-def test_injected_stop_id_ends_stream_before_run_on(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
+def test_injected_stop_id_ends_stream_before_run_on(
+    client: openai.OpenAI, fresh_sim: SimProcess
+) -> None:
     chunks = list(client.chat.completions.create(model="r1", messages=USER, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.endswith("2 + 2 = **4**.")
@@ -34,14 +36,18 @@ def test_injected_stop_id_ends_stream_before_run_on(client: openai.OpenAI, fresh
 
 def test_without_stop_id_the_upstream_runs_on(raw: Any, fresh_sim: SimProcess) -> None:
     # The failure the gateway exists for: no stop id, so the stop token leaks as text.
-    status, _, events = raw("/chat/completions", {"model": "plain", "messages": USER, "stream": True})
+    status, _, events = raw(
+        "/chat/completions", {"model": "plain", "messages": USER, "stream": True}
+    )
     assert status == 200
     assert_well_ended(events)
     assert R1_STOP_TEXT in chat_text(events) and "Thanks" in chat_text(events)
 
 
 def test_stream_wire_format_role_first_done_last(raw: Any, fresh_sim: SimProcess) -> None:
-    status, headers, events = raw("/chat/completions", {"model": "r1", "messages": USER, "stream": True})
+    status, headers, events = raw(
+        "/chat/completions", {"model": "r1", "messages": USER, "stream": True}
+    )
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert headers["x-gateway-profile-version"]
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -69,7 +75,13 @@ def test_usage_chunk_only_when_client_asked(raw: Any, fresh_sim: SimProcess, ask
 
 def split_stop_script(stall_after: int) -> dict[str, Any]:
     return {
-        "tokens": [[1, "Hello"], [2, " world<｜end"], [3, "▁of▁sen"], [4, "tence｜>"], [5, "LEAKED"]],
+        "tokens": [
+            [1, "Hello"],
+            [2, " world<｜end"],
+            [3, "▁of▁sen"],
+            [4, "tence｜>"],
+            [5, "LEAKED"],
+        ],
         "stall_after": stall_after,
         "stall_for": 30,
     }
@@ -94,10 +106,14 @@ def test_stop_text_split_across_chunks_is_withheld_and_upstream_closed(
         time.sleep(0.05)
 
 
-def test_stop_text_prefix_that_does_not_complete_is_released(raw: Any, fresh_sim: SimProcess) -> None:
+def test_stop_text_prefix_that_does_not_complete_is_released(
+    raw: Any, fresh_sim: SimProcess
+) -> None:
     tokens = [[1, "a <｜end"], [2, " of story"], [3, "."]]
-    _, _, events = raw("/chat/completions", {"model": "guarded", "messages": USER, "stream": True,
-                                              "sim": {"tokens": tokens}})
+    _, _, events = raw(
+        "/chat/completions",
+        {"model": "guarded", "messages": USER, "stream": True, "sim": {"tokens": tokens}},
+    )
     (final,) = assert_well_ended(events)
     assert chat_text(events) == "a <｜end of story."
     assert final["finish_reason"] == "stop"
@@ -114,9 +130,16 @@ def test_stop_text_prefix_that_does_not_complete_is_released(raw: Any, fresh_sim
     ],
 )
 def test_broken_upstream_endings_are_repaired(
-    raw: Any, fresh_sim: SimProcess, script: dict[str, Any], finish: str, upstream: Any, termination: Any
+    raw: Any,
+    fresh_sim: SimProcess,
+    script: dict[str, Any],
+    finish: str,
+    upstream: Any,
+    termination: Any,
 ) -> None:
-    _, _, events = raw("/chat/completions", {"model": "plain", "messages": USER, "stream": True, "sim": script})
+    _, _, events = raw(
+        "/chat/completions", {"model": "plain", "messages": USER, "stream": True, "sim": script}
+    )
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == finish
     assert final["upstream_finish_reason"] == upstream
@@ -126,15 +149,19 @@ def test_broken_upstream_endings_are_repaired(
 
 
 def test_missing_done_after_finish_is_added(raw: Any, fresh_sim: SimProcess) -> None:
-    _, _, events = raw("/chat/completions", {"model": "r1", "messages": USER, "stream": True,
-                                              "sim": {"omit_done": True}})
+    _, _, events = raw(
+        "/chat/completions",
+        {"model": "r1", "messages": USER, "stream": True, "sim": {"omit_done": True}},
+    )
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == "stop" and final["stop_reason"] == 151643
 
 
 def test_keepalive_comments_are_understood(raw: Any, fresh_sim: SimProcess) -> None:
     sim = {"first_token_delay": 0.3, "stall_after": 3, "stall_for": 0.3, "keepalive": 0.05}
-    _, _, events = raw("/chat/completions", {"model": "r1", "messages": USER, "stream": True, "sim": sim})
+    _, _, events = raw(
+        "/chat/completions", {"model": "r1", "messages": USER, "stream": True, "sim": sim}
+    )
     (final,) = assert_well_ended(events)
     assert chat_text(events).endswith("**4**.") and final["finish_reason"] == "stop"
 
@@ -147,8 +174,11 @@ def test_upstream_error_event_reaches_client_as_error_then_done(
     assert_well_ended(events)
     assert events[-2]["error"]["message"] == "simulated engine error"
     with pytest.raises(openai.APIError, match="simulated engine error"):
-        list(client.chat.completions.create(model="r1", messages=USER, stream=True,
-                                            extra_body={"sim": {"error_after": 3}}))
+        list(
+            client.chat.completions.create(
+                model="r1", messages=USER, stream=True, extra_body={"sim": {"error_after": 3}}
+            )
+        )
 
 
 def test_malformed_upstream_event_ends_with_error_event(raw: Any, fresh_sim: SimProcess) -> None:
@@ -160,8 +190,10 @@ def test_malformed_upstream_event_ends_with_error_event(raw: Any, fresh_sim: Sim
 
 def test_merged_chunks_keep_text_and_single_final(raw: Any, fresh_sim: SimProcess) -> None:
     # vLLM merges tokens into one chunk under load; the finish chunk then carries text too.
-    _, _, events = raw("/chat/completions", {"model": "r1", "messages": USER, "stream": True,
-                                              "max_tokens": 7, "sim": {"merge": 3}})
+    _, _, events = raw(
+        "/chat/completions",
+        {"model": "r1", "messages": USER, "stream": True, "max_tokens": 7, "sim": {"merge": 3}},
+    )
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == "length"
     assert chat_text(events) == "Okay, the user asks for 2"
@@ -184,7 +216,9 @@ def test_non_stream_normalization(client: openai.OpenAI, fresh_sim: SimProcess) 
     assert resp.choices[0].finish_reason == "stop"
     assert resp.choices[0].model_extra["gateway_termination"] == "stop_text"  # type: ignore[index]
     assert resp.model == "guarded" and resp.usage is not None
-    resp = client.chat.completions.create(model="r1", messages=USER, extra_body={"sim": {"finish": "abort"}})
+    resp = client.chat.completions.create(
+        model="r1", messages=USER, extra_body={"sim": {"finish": "abort"}}
+    )
     assert resp.choices[0].finish_reason == "length"
     assert resp.choices[0].model_extra["upstream_finish_reason"] == "abort"  # type: ignore[index]
 

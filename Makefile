@@ -1,0 +1,32 @@
+# The two set-up commands of README.md: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_VENV ?= $(HOME)/.cache/gateway/vllm-venv
+PORT ?= 8080
+
+.PHONY: demo serve test test-fast bench lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	touch $@
+
+demo: $(VENV)/.installed  ## gateway + simulated vLLM on http://127.0.0.1:$(PORT)/v1, no GPU
+	$(VENV)/bin/gateway demo --port $(PORT)
+
+serve: $(VENV)/.installed  ## gateway in front of the vLLM servers named in model_profiles.yaml
+	$(VENV)/bin/gateway serve --config model_profiles.yaml --port $(PORT)
+
+test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) included
+	scripts/install-vllm.sh $(VLLM_VENV)
+	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
+
+test-fast: $(VENV)/.installed  ## everything but the real-vLLM tests (about 10 s)
+	$(VENV)/bin/python -m pytest -m "not vllm"
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/bench.py --pin
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/mypy

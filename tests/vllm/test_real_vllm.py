@@ -1,0 +1,263 @@
+"""The stream contract proven through the gateway against a real vLLM server.
+
+Random weights emit no chosen token on their own: ``logit_bias`` forces one. Chunks are not
+tokens (vLLM merges them), so nothing here counts chunks or measures timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import GatewayServer, assert_well_ended, sse_events
+from tests.vllm.conftest import SERVED, VLLMServer
+from tests.wire_shapes import capture, scenarios, semantics
+
+TRANSCRIPTS = Path(__file__).resolve().parent / "transcripts.json"
+USER = [{"role": "user", "content": "hi"}]
+FORCE_STOP = {"logit_bias": {"300": 100}}  # 300 is the tiny profile's injected stop id
+
+
+@pytest.fixture
+def client(vllm_gateway: GatewayServer) -> Any:
+    with openai.OpenAI(base_url=vllm_gateway.base_url, api_key="t", max_retries=0, timeout=60) as c:
+        yield c
+
+
+def stream_raw(gw: GatewayServer, body: dict[str, Any]) -> list[Any]:
+    r = httpx.post(gw.base_url + "/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return sse_events(r.content)
+
+
+def test_injected_stop_id_stops_real_generation(client: openai.OpenAI, vllm: VLLMServer) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=USER, stream=True, max_tokens=20, extra_body=FORCE_STOP
+        )
+    )
+    final = chunks[-1].choices[0]
+    assert final.finish_reason == "stop" and final.model_extra["stop_reason"] == 300  # type: ignore[index]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    params = vllm.sampling_params(chunks[0].id)
+    assert "stop_token_ids=[300]" in params
+    resp = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=20, extra_body=FORCE_STOP
+    )
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].model_extra["stop_reason"] == 300  # type: ignore[index]
+
+
+def test_without_the_profile_the_forced_token_runs_to_length(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model="tiny-plain", messages=USER, max_tokens=5, extra_body=FORCE_STOP
+    )
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+
+
+def test_defaults_client_values_overrides_land_in_sampling_params(
+    client: openai.OpenAI, vllm: VLLMServer
+) -> None:
+    resp = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "system", "content": "be brief"}, *USER],
+        max_tokens=2,
+        temperature=1.2,
+        extra_body={"stop_token_ids": [7], "min_p": 0.5},
+    )
+    params = vllm.sampling_params(resp.id)
+    assert "temperature=1.2," in params  # the client's value beats the default 0.6
+    assert "top_p=0.95," in params and "top_k=20," in params  # defaults fill the gaps
+    assert "min_p=0.05," in params  # the override beats the client's 0.5
+    assert "stop_token_ids=[7, 300]" in params  # merged, the client's first
+    assert "max_tokens=2," in params
+
+
+def test_length_and_eos_stop_finishes(vllm_gateway: GatewayServer, tiny_model: Any) -> None:
+    (final,) = assert_well_ended(
+        stream_raw(
+            vllm_gateway, {"model": "tiny-plain", "messages": USER, "stream": True, "max_tokens": 3}
+        )
+    )
+    assert final["finish_reason"] == "length" and final["stop_reason"] is None
+    eos = tiny_model[1]["<|im_end|>"]
+    events = stream_raw(
+        vllm_gateway,
+        {
+            "model": "tiny-plain",
+            "messages": USER,
+            "stream": True,
+            "max_tokens": 5,
+            "logit_bias": {str(eos): 100},
+        },
+    )
+    (final,) = assert_well_ended(events)
+    assert final["finish_reason"] == "stop" and final["stop_reason"] is None
+    assert all(e["model"] == "tiny-plain" for e in events[:-1])
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_include_usage_with_and_without_the_client_asking(
+    vllm_gateway: GatewayServer, asked: bool
+) -> None:
+    body: dict[str, Any] = {
+        "model": "tiny-plain",
+        "messages": USER,
+        "stream": True,
+        "max_tokens": 4,
+    }
+    if asked:
+        body["stream_options"] = {"include_usage": True}
+    events = stream_raw(vllm_gateway, body)
+    assert_well_ended(events)
+    usage = [e for e in events[:-1] if not e["choices"]]
+    if asked:
+        assert len(usage) == 1 and usage[0]["usage"]["completion_tokens"] == 4
+        assert events[-2] is usage[0]
+    else:
+        assert usage == []
+
+
+def test_vllm_error_bodies_passed_on(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="tiny", messages=USER, max_tokens=100000)
+    assert bad.value.status_code == 400
+    assert "max_model_len" in bad.value.message
+    assert bad.value.body["type"] == "BadRequestError"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="tiny-unserved", messages=USER)
+    assert "not-served-here" in missing.value.message
+
+
+def test_completions_stream_and_non_stream(client: openai.OpenAI, vllm: VLLMServer) -> None:
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="hello", stream=True, max_tokens=8, extra_body=FORCE_STOP
+        )
+    )
+    assert [c.choices[0].finish_reason for c in chunks].count("stop") == 1
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    resp = client.completions.create(model="tiny-plain", prompt="hello", max_tokens=3, seed=1)
+    again = client.completions.create(model="tiny-plain", prompt="hello", max_tokens=3, seed=1)
+    assert resp.choices[0].finish_reason == "length" and resp.model == "tiny-plain"
+    assert resp.choices[0].text == again.choices[0].text  # seeded: reproducible
+
+
+def test_stop_text_guard_closes_the_real_upstream(
+    vllm_gateway: GatewayServer, vllm: VLLMServer
+) -> None:
+    # "<think>" is an added, non-special token: vLLM leaves it in the text.
+    events = stream_raw(
+        vllm_gateway,
+        {
+            "model": "tiny-guarded",
+            "messages": USER,
+            "stream": True,
+            "max_tokens": 400,
+            "ignore_eos": True,
+            "logit_bias": {"417": 100},
+        },
+    )
+    (final,) = assert_well_ended(events)
+    assert final["finish_reason"] == "stop" and final["gateway_termination"] == "stop_text"
+    assert final["stop_reason"] == "<think>"
+    assert "".join(c["delta"].get("content") or "" for e in events[:-1] for c in e["choices"]) == ""
+    vllm.wait_log(r"Aborted request\(s\) " + events[0]["id"])
+
+
+def test_client_disconnect_aborts_the_vllm_request(
+    vllm_gateway: GatewayServer, vllm: VLLMServer
+) -> None:
+    body = {
+        "model": "tiny-plain",
+        "messages": USER,
+        "stream": True,
+        "max_tokens": 400,
+        "ignore_eos": True,
+    }
+    with httpx.stream(
+        "POST", vllm_gateway.base_url + "/chat/completions", json=body, timeout=30
+    ) as r:
+        first = next(r.iter_lines())
+    request_id = json.loads(first[len("data: ") :])["id"]
+    vllm.wait_log(r"Aborted request\(s\) " + request_id)
+
+
+def test_first_token_timeout_with_a_real_server(
+    vllm_gateway: GatewayServer, vllm: VLLMServer
+) -> None:
+    # 1 ms is shorter than any real first token. It may even expire before vLLM's response
+    # headers: then nothing was sent yet and the contract says 504 JSON, not a stream.
+    body = {
+        "model": "tiny-first-token",
+        "messages": USER,
+        "stream": True,
+        "max_tokens": 400,
+        "ignore_eos": True,
+    }
+    aborted_before = vllm.log().count("Aborted request")
+    r = httpx.post(vllm_gateway.base_url + "/chat/completions", json=body, timeout=60)
+    if r.status_code == 504:
+        assert r.json()["error"]["code"] == "first_token_timeout"
+        return
+    (final,) = assert_well_ended(sse_events(r.content))
+    assert final["finish_reason"] == "length"
+    assert final["gateway_termination"] == "first_token_timeout"
+    vllm.wait_count("Aborted request", aborted_before + 1)
+
+
+def test_idle_timeout_with_a_real_server(vllm_gateway: GatewayServer, vllm: VLLMServer) -> None:
+    events = stream_raw(
+        vllm_gateway,
+        {
+            "model": "tiny-idle",
+            "messages": USER,
+            "stream": True,
+            "max_tokens": 400,
+            "ignore_eos": True,
+        },
+    )
+    (final,) = assert_well_ended(events)
+    assert final["finish_reason"] == "length" and final["gateway_termination"] == "idle_timeout"
+    vllm.wait_log(r"Aborted request\(s\) " + events[0]["id"])
+
+
+def test_reasoning_parser_output_passes_normalized(
+    client: openai.OpenAI, vllm_gateway: GatewayServer, vllm_reasoning: VLLMServer
+) -> None:
+    # With deepseek_r1 and no </think> in the output, vLLM puts all text in `reasoning`.
+    events = stream_raw(
+        vllm_gateway, {"model": "tiny-r1", "messages": USER, "stream": True, "max_tokens": 6}
+    )
+    (final,) = assert_well_ended(events)
+    assert final["finish_reason"] == "length"
+    deltas = [c["delta"] for e in events[:-1] for c in e["choices"]]
+    assert any(d.get("reasoning") for d in deltas)
+    assert all(e["model"] == "tiny-r1" for e in events[:-1])
+    resp = client.chat.completions.create(model="tiny-r1", messages=USER, max_tokens=6)
+    assert resp.choices[0].message.model_extra["reasoning"]  # type: ignore[index]
+    assert resp.choices[0].finish_reason == "length" and resp.model == "tiny-r1"
+
+
+def test_real_wire_format_matches_recorded_transcripts(vllm: VLLMServer) -> None:
+    """Re-record with GATEWAY_RECORD_TRANSCRIPTS=1 when vLLM's format changes on purpose;
+    tests/test_sim_fidelity.py then holds the simulator to the new recording."""
+    live = {}
+    for name, (path, body) in scenarios(SERVED).items():
+        cap = capture(vllm.url, path, body)
+        semantics(name, cap)
+        live[name] = cap
+    if os.environ.get("GATEWAY_RECORD_TRANSCRIPTS"):
+        TRANSCRIPTS.write_text(json.dumps(live, indent=1, ensure_ascii=False) + "\n")
+    recorded = json.loads(TRANSCRIPTS.read_text())
+    for name, cap in live.items():
+        assert cap["status"] == recorded[name]["status"], name
+        assert cap["content_type"] == recorded[name]["content_type"], name
+        assert cap["shape"] == recorded[name]["shape"], f"vLLM's {name} format changed"
