@@ -1,18 +1,20 @@
-"""Command line: ``gateway serve | demo | sim`` (also ``python -m gateway ...``)."""
+"""Command line: ``gateway serve | demo | check | schema | sim`` (also ``python -m gateway``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from .errors import ProfileError
-from .profiles import Backend, ProfileSet, load_profiles, parse_profiles
+from .profiles import Backend, ProfileFile, ProfileSet, load_profiles, parse_profiles
 from .settings import Settings
+from .tokens import TokenizerCache
 
 # Served by ``gateway demo`` when no profile file is at hand: the shipped R1-Distill profile.
 DEMO_PROFILES = """
@@ -28,9 +30,9 @@ models:
 """
 
 
-def _load_or_exit(path: str) -> ProfileSet:
+def _load_or_exit(path: str, tokenizers: TokenizerCache) -> ProfileSet:
     try:
-        return load_profiles(path)
+        return load_profiles(path, tokenizers.resolve)
     except ProfileError as exc:
         print(f"gateway: invalid profile file {path}:", file=sys.stderr)
         for line in exc.errors:
@@ -38,13 +40,13 @@ def _load_or_exit(path: str) -> ProfileSet:
         raise SystemExit(2) from None
 
 
-def _run(settings: Settings, profiles: ProfileSet) -> None:
+def _run(settings: Settings, profiles: ProfileSet, tokenizers: TokenizerCache) -> None:
     import uvicorn
 
     from .app import create_app
 
     uvicorn.run(
-        create_app(settings, profiles),
+        create_app(settings, profiles, tokenizers),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -54,7 +56,23 @@ def _run(settings: Settings, profiles: ProfileSet) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env(host=args.host, port=args.port, config=args.config)
-    _run(settings, _load_or_exit(settings.config))
+    tokenizers = TokenizerCache()
+    _run(settings, _load_or_exit(settings.config, tokenizers), tokenizers)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Validate and resolve a profile file; print the effective profiles."""
+    profiles = _load_or_exit(args.config, TokenizerCache())
+    print(json.dumps(profiles.describe(), indent=2, ensure_ascii=False))
+    print(f"ok: {len(profiles.models)} model(s), version {profiles.version}", file=sys.stderr)
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    """JSON Schema of the profile file, for editors (yaml-language-server)."""
+    schema = ProfileFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gateway model profiles"
+    print(json.dumps(schema, indent=2, ensure_ascii=False))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -67,8 +85,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     config = args.config or os.environ.get("GATEWAY_CONFIG")
     if config is None and Path("model_profiles.yaml").is_file():
         config = "model_profiles.yaml"
-    profiles = _load_or_exit(config) if config else parse_profiles(DEMO_PROFILES, "<demo>")
-    settings = Settings.from_env(host=args.host, port=args.port, config=config)
+    tokenizers = TokenizerCache()
+    profiles = (
+        _load_or_exit(config, tokenizers) if config else parse_profiles(DEMO_PROFILES, "<demo>")
+    )
+    # "<demo>": the demo's backends are rewritten, so it must never reload the real file
+    settings = Settings.from_env(host=args.host, port=args.port, config="<demo>")
 
     async def main() -> None:
         served = sorted({p.upstream_model for p in profiles.models.values()})
@@ -129,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         "--token-delay", type=float, default=0.03, help="seconds between simulated tokens"
     )
     demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser("check", help="validate a profile file, print the effective profiles")
+    check.add_argument("config", help="profile file")
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the profile file")
+    schema.set_defaults(func=cmd_schema)
 
     sub.add_parser("sim", help="run only the simulated vLLM server (gateway sim --help)")
 

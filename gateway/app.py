@@ -8,11 +8,14 @@ injection or response-model machinery runs per request; bodies are validated onc
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,16 +26,20 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .errors import (
+    AdminAuthError,
     GatewayError,
     ModelNotFound,
+    ProfileError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
 from .profiles import Backend, Profile, ProfileSet, load_profiles
 from .protocol import Endpoint, error_body, error_body_for, parse_request
+from .reload import ProfileStore
 from .settings import Settings
 from .stream import StreamNormalizer, normalize_response, relay
+from .tokens import TokenizerCache
 from .transform import build_upstream_body
 from .upstream import UpstreamClient
 
@@ -107,14 +114,21 @@ class EventStreamResponse(Response):
             await self.stream.aclose()  # type: ignore[attr-defined]
 
 
-class Gateway:
-    """Per-process state: the current profile snapshot and the upstream client."""
+VARIANT_HEADER = b"x-gateway-variant"
 
-    def __init__(self, settings: Settings, profiles: ProfileSet, upstream: UpstreamClient) -> None:
+
+class Gateway:
+    """Per-process state: the profile store and the upstream client."""
+
+    def __init__(self, settings: Settings, store: ProfileStore, upstream: UpstreamClient) -> None:
         self.settings = settings
-        self.profiles = profiles
+        self.store = store
         self.upstream = upstream
         self._rr: dict[str, Iterator[Backend]] = {}
+
+    @property
+    def profiles(self) -> ProfileSet:
+        return self.store.current
 
     def pick_backend(self, profile: Profile) -> Backend:
         if len(profile.backends) == 1:
@@ -124,12 +138,13 @@ class Gateway:
             it = self._rr[profile.name] = itertools.cycle(profile.backends)
         return next(it)
 
-    async def handle(self, raw: bytes, endpoint: Endpoint) -> Response:
+    async def handle(self, raw: bytes, endpoint: Endpoint, variant: str | None = None) -> Response:
         body = parse_request(raw, endpoint)
-        profiles = self.profiles  # one snapshot for the whole request
-        profile = profiles.get(body["model"])
+        profiles = self.store.current  # one snapshot for the whole request
+        name = f"{body['model']}:{variant}" if variant else body["model"]
+        profile = profiles.get(name)
         if profile is None:
-            raise ModelNotFound(f"The model `{body['model']}` does not exist.", param="model")
+            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
         upstream_body, wants_usage = build_upstream_body(body, profile, endpoint)
         payload = orjson.dumps(upstream_body)
         backend = self.pick_backend(profile)
@@ -210,9 +225,13 @@ class GatewayApp:
             endpoint = _HOT_ROUTES.get(scope["path"])
             if endpoint is not None:
                 gateway: Gateway = self.api.state.gateway
+                variant = None
+                for key, value in scope["headers"]:
+                    if key == VARIANT_HEADER:
+                        variant = value.decode("latin-1").strip() or None
                 response: Response
                 try:
-                    response = await gateway.handle(await read_body(receive), endpoint)
+                    response = await gateway.handle(await read_body(receive), endpoint, variant)
                 except GatewayError as exc:
                     if exc.status >= 500:
                         log.warning("POST %s -> %d %s", scope["path"], exc.status, exc.code)
@@ -228,20 +247,45 @@ class GatewayApp:
         await self.api(scope, receive, send)
 
 
-def create_app(settings: Settings, profiles: ProfileSet | None = None) -> GatewayApp:
+def create_app(
+    settings: Settings, profiles: ProfileSet | None = None, tokenizers: TokenizerCache | None = None
+) -> GatewayApp:
     """Build the app. ``profiles`` defaults to loading ``settings.config`` at start-up."""
+    tokenizer_cache = tokenizers or TokenizerCache()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         snapshot = profiles
         if snapshot is None:
-            snapshot = await asyncio.to_thread(load_profiles, settings.config)
+            snapshot = await asyncio.to_thread(
+                load_profiles, settings.config, tokenizer_cache.resolve
+            )
+        is_file = await asyncio.to_thread(Path(settings.config).is_file)
+        path = settings.config if is_file else None
+        store = ProfileStore(path, snapshot, tokenizer_cache)
+        loop = asyncio.get_running_loop()
+        sighup = False
+        if path is not None:
+            if settings.watch:
+                store.start_watching()
+            try:
+                loop.add_signal_handler(signal.SIGHUP, store.trigger, "SIGHUP")
+                sighup = True
+            except (RuntimeError, ValueError, NotImplementedError):
+                log.debug("SIGHUP reload unavailable (not the main thread)")
         async with UpstreamClient(max_connections=settings.max_upstream_connections) as up:
-            app.state.gateway = Gateway(settings, snapshot, up)
+            app.state.gateway = Gateway(settings, store, up)
             log.info(
                 "serving %d model(s), profile version %s", len(snapshot.models), snapshot.version
             )
-            yield
+            if settings.admin_token is None:
+                log.info("admin routes are off (set GATEWAY_ADMIN_TOKEN to enable /admin/*)")
+            try:
+                yield
+            finally:
+                if sighup:
+                    loop.remove_signal_handler(signal.SIGHUP)
+                await store.aclose()
 
     app = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -267,6 +311,40 @@ def create_app(settings: Settings, profiles: ProfileSet | None = None) -> Gatewa
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "profile_version": gw(request).profiles.version})
 
+    def check_admin(request: Request) -> None:
+        token = settings.admin_token
+        if token is None:  # admin routes are off: indistinguishable from an unknown path
+            raise StarletteHTTPException(404)
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise AdminAuthError("Invalid admin token")
+
+    async def admin_profiles(request: Request) -> Response:
+        check_admin(request)
+        store = gw(request).store
+        return json_response(
+            {
+                **store.current.describe(),
+                "loaded_at": store.loaded_at,
+                "reloads": store.counts,
+                "last_error": store.last_error,
+            }
+        )
+
+    async def admin_reload(request: Request) -> Response:
+        check_admin(request)
+        store = gw(request).store
+        try:
+            snapshot = await store.reload("admin")
+        except ProfileError as exc:
+            body = error_body(exc.message, "invalid_profile", code="profile_invalid")
+            body["error"]["errors"] = exc.errors
+            body["error"]["serving_version"] = store.current.version
+            return json_response(body, 422)
+        return json_response({"version": snapshot.version, "models": list(snapshot.models)})
+
+    app.add_route("/admin/profiles", admin_profiles, methods=["GET"])
+    app.add_route("/admin/reload", admin_reload, methods=["POST"])
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/completions", completions, methods=["POST"])
     app.add_route("/v1/models", models, methods=["GET"])

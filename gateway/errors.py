@@ -3,6 +3,7 @@
     GatewayError                      status, type, code, param
     +-- RequestError                  400: the client's request is invalid
     |   +-- ModelNotFound             404: no profile for the requested model
+    +-- AdminAuthError                401: missing or wrong admin token
     +-- ProfileError                  profile file invalid (load/reload), never sent to clients
     +-- UpstreamError                 anything the backend did
         +-- UpstreamUnavailable       502: connect refused/reset before a response
@@ -44,6 +45,12 @@ class RequestError(GatewayError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class AdminAuthError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_admin_token"
 
 
 class ProfileError(GatewayError):

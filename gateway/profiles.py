@@ -9,13 +9,21 @@ The resolved :class:`Profile` objects are frozen and cheap to read on the reques
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ProfileError
 
@@ -80,6 +88,14 @@ class ModelSpec(_Strict):
     upstream_model: str | None = None
     backends: list[BackendSpec] = Field(min_length=1)
     stop_token_ids: list[int] = Field(default_factory=list)
+    #: local tokenizer dir (or a model id already in the local HF cache) for stop_tokens
+    tokenizer: str | None = None
+    #: stop tokens by name, resolved to ids through ``tokenizer``
+    stop_tokens: list[str] = Field(default_factory=list)
+    #: also stop at the tokenizer's eos and generation_config.json's eos_token_id list
+    eos_from_tokenizer: bool = False
+    #: named variants: field overrides, selected as ``model:variant`` or a header
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     defaults: SamplingSpec = Field(default_factory=SamplingSpec)
     overrides: SamplingSpec = Field(default_factory=SamplingSpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
@@ -94,12 +110,30 @@ class ModelSpec(_Strict):
                 raise ValueError(f"token ids must be >= 0, got {tid}")
         return v
 
-    @field_validator("stop_text")
+    @field_validator("stop_text", "stop_tokens")
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
         if any(s == "" for s in v):
-            raise ValueError("stop strings must not be empty")
+            raise ValueError("entries must not be empty strings")
         return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, body in v.items():
+            if not name or ":" in name or name != name.strip():
+                raise ValueError(f"variant name {name!r} must be non-empty, trimmed, without ':'")
+            if not isinstance(body, dict):
+                raise ValueError(f"variant {name!r} must be a mapping of profile fields")
+            if "variants" in body:
+                raise ValueError(f"variant {name!r} cannot define variants")
+        return v
+
+    @model_validator(mode="after")
+    def _tokenizer_needed(self) -> ModelSpec:
+        if (self.stop_tokens or self.eos_from_tokenizer) and not self.tokenizer:
+            raise ValueError("stop_tokens and eos_from_tokenizer need a `tokenizer`")
+        return self
 
 
 class ProfileFile(_Strict):
@@ -131,9 +165,12 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """A resolved model profile: everything the request path needs, precomputed."""
+    """A resolved model profile: everything the request path needs, precomputed.
+
+    ``name`` is the public name (``model`` or ``model:variant``)."""
 
     name: str
+    variant: str | None
     upstream_model: str
     backends: tuple[Backend, ...]
     stop_token_ids: tuple[int, ...]
@@ -157,10 +194,23 @@ class ProfileSet:
     def get(self, name: str) -> Profile | None:
         return self.models.get(name)
 
+    def describe(self) -> dict[str, Any]:
+        """The effective profiles as plain data (for ``gateway check`` and ``/admin``)."""
+        return {
+            "version": self.version,
+            "source": self.source,
+            "models": {name: asdict(p) for name, p in self.models.items()},
+        }
 
-def _describe(err: Any) -> str:
+
+#: ``(tokenizer, stop_tokens, with_eos) -> ids``; raises ``ValueError`` with a message
+TokenResolver = Callable[[str, Sequence[str], bool], list[int]]
+
+
+def _describe(err: Any, prefix: str = "") -> str:
     """One pydantic error as ``path: problem, got value``."""
-    path = ".".join(str(p) for p in err["loc"]) or "<file>"
+    path = prefix + ".".join(str(p) for p in err["loc"]) or "<file>"
+    path = path.rstrip(".")
     ctx = err.get("ctx") or {}
     kind = err["type"]
     bounds = {
@@ -181,42 +231,97 @@ def _describe(err: Any) -> str:
         return f"{path}: required key is missing"
     elif kind == "value_error":
         msg = str(ctx.get("error", err["msg"]))
-        if "got " in msg:
+        if "got " in msg or isinstance(err.get("input"), dict | list):
             return f"{path}: {msg}"
     else:
         msg = err["msg"][0].lower() + err["msg"][1:]
     return f"{path}: {msg}, got {err.get('input')!r}"
 
 
-def _resolve(spec: ProfileFile) -> dict[str, Profile]:
-    base = spec.timeouts
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A variant over its model: mappings merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve_one(
+    name: str,
+    variant: str | None,
+    m: ModelSpec,
+    base: TimeoutsSpec,
+    resolver: TokenResolver | None,
+    path: str,
+    errors: list[str],
+) -> Profile | None:
+    ids = list(m.stop_token_ids)
+    if m.tokenizer and (m.stop_tokens or m.eos_from_tokenizer):
+        if resolver is None:
+            errors.append(f"{path}.stop_tokens: no tokenizer resolver available here")
+            return None
+        try:
+            ids += resolver(m.tokenizer, m.stop_tokens, m.eos_from_tokenizer)
+        except ValueError as exc:
+            errors.append(f"{path}.stop_tokens: {exc}")
+            return None
+    t = m.timeouts
+    return Profile(
+        name=f"{name}:{variant}" if variant else name,
+        variant=variant,
+        upstream_model=m.upstream_model or name,
+        backends=tuple(
+            Backend(name=b.name or urlsplit(b.url).netloc, url=b.url) for b in m.backends
+        ),
+        stop_token_ids=tuple(dict.fromkeys(ids)),
+        defaults=m.defaults.model_dump(exclude_none=True),
+        overrides=m.overrides.model_dump(exclude_none=True),
+        leading_newline=m.prompt.leading_newline,
+        system=m.prompt.system,
+        stop_text=tuple(dict.fromkeys(m.stop_text)),
+        timeouts=Timeouts(
+            connect=t.connect or base.connect,
+            first_token=t.first_token or base.first_token,
+            idle=t.idle or base.idle,
+            total=t.total or base.total,
+        ),
+    )
+
+
+def _resolve(
+    spec: ProfileFile, raw: dict[str, Any], resolver: TokenResolver | None
+) -> dict[str, Profile]:
     models: dict[str, Profile] = {}
+    errors: list[str] = []
     for name, m in spec.models.items():
-        t = m.timeouts
-        models[name] = Profile(
-            name=name,
-            upstream_model=m.upstream_model or name,
-            backends=tuple(
-                Backend(name=b.name or urlsplit(b.url).netloc, url=b.url) for b in m.backends
-            ),
-            stop_token_ids=tuple(dict.fromkeys(m.stop_token_ids)),
-            defaults=m.defaults.model_dump(exclude_none=True),
-            overrides=m.overrides.model_dump(exclude_none=True),
-            leading_newline=m.prompt.leading_newline,
-            system=m.prompt.system,
-            stop_text=tuple(dict.fromkeys(m.stop_text)),
-            timeouts=Timeouts(
-                connect=t.connect or base.connect,
-                first_token=t.first_token or base.first_token,
-                idle=t.idle or base.idle,
-                total=t.total or base.total,
-            ),
-        )
+        profile = _resolve_one(name, None, m, spec.timeouts, resolver, f"models.{name}", errors)
+        if profile is not None:
+            models[name] = profile
+        base_raw = {k: v for k, v in raw["models"][name].items() if k != "variants"}
+        for vname, vbody in m.variants.items():
+            path = f"models.{name}.variants.{vname}"
+            try:
+                vm = ModelSpec.model_validate(_merge(base_raw, vbody))
+            except ValidationError as exc:
+                errors += [_describe(e, path + ".") for e in exc.errors(include_url=False)]
+                continue
+            vp = _resolve_one(name, vname, vm, spec.timeouts, resolver, path, errors)
+            if vp is not None:
+                models[vp.name] = vp
+    if errors:
+        raise ProfileError(errors)
     return models
 
 
-def parse_profiles(text: str, source: str = "<string>") -> ProfileSet:
-    """Validate and resolve profile YAML text. Raises :class:`ProfileError`."""
+def parse_profiles(
+    text: str, source: str = "<string>", resolver: TokenResolver | None = None
+) -> ProfileSet:
+    """Validate and resolve profile YAML text. Raises :class:`ProfileError`.
+
+    ``resolver`` turns ``stop_tokens`` names into ids (see :mod:`tokens`)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -230,15 +335,26 @@ def parse_profiles(text: str, source: str = "<string>") -> ProfileSet:
         spec = ProfileFile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError([_describe(e) for e in exc.errors(include_url=False)]) from None
-    version = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return ProfileSet(models=_resolve(spec), version=version, source=source, raw=data)
+    version = content_version(text)
+    return ProfileSet(
+        models=_resolve(spec, data, resolver), version=version, source=source, raw=data
+    )
 
 
-def load_profiles(path: str | Path) -> ProfileSet:
-    """Read and validate a profile file. Raises :class:`ProfileError`."""
+def content_version(text: str) -> str:
+    """The profile version: a hash of the file content."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_profile_text(path: str | Path) -> str:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError([f"{p}: cannot read profile file: {exc.strerror or exc}"]) from None
-    return parse_profiles(text, source=str(p))
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ProfileError([f"{p}: cannot read profile file: {reason}"]) from None
+
+
+def load_profiles(path: str | Path, resolver: TokenResolver | None = None) -> ProfileSet:
+    """Read and validate a profile file. Raises :class:`ProfileError`."""
+    return parse_profiles(read_profile_text(path), source=str(path), resolver=resolver)

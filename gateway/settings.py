@@ -15,6 +15,10 @@ class Settings:
     log_level: str = "info"
     #: upstream connection pool size for the whole process
     max_upstream_connections: int = 1000
+    #: bearer token for /admin/* (``GATEWAY_ADMIN_TOKEN``); unset = admin routes are off
+    admin_token: str | None = None
+    #: reload the profile file when it changes (``GATEWAY_WATCH=0`` turns it off)
+    watch: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -23,10 +27,19 @@ class Settings:
             "port": "GATEWAY_PORT",
             "config": "GATEWAY_CONFIG",
             "log_level": "GATEWAY_LOG_LEVEL",
+            "admin_token": "GATEWAY_ADMIN_TOKEN",
+            "watch": "GATEWAY_WATCH",
         }
         values: dict[str, object] = {}
         for key, name in env_names.items():
-            if name in os.environ:
-                values[key] = int(os.environ[name]) if key == "port" else os.environ[name]
+            raw = os.environ.get(name)
+            if raw is None or raw == "":
+                continue
+            if key == "port":
+                values[key] = int(raw)
+            elif key == "watch":
+                values[key] = raw.lower() not in ("0", "false", "no", "off")
+            else:
+                values[key] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -105,14 +105,28 @@ class GatewayServer:
 
 
 @contextlib.contextmanager
-def run_gateway(profile_yaml: str, tmp_path: Path | None = None) -> Iterator[GatewayServer]:
-    """The gateway app under uvicorn in a thread, on a free loopback port; always stopped."""
-    profiles = parse_profiles(profile_yaml, "<test>")
+def run_gateway(
+    profile_yaml: str | None = None,
+    *,
+    config: Path | None = None,
+    admin_token: str | None = None,
+    watch: bool = True,
+) -> Iterator[GatewayServer]:
+    """The gateway app under uvicorn in a thread, on a free loopback port; always stopped.
+
+    Serves ``profile_yaml`` (no file, nothing to reload) or loads and watches ``config``."""
+    profiles = parse_profiles(profile_yaml, "<test>") if profile_yaml is not None else None
     sock = bound_socket()
     port = sock.getsockname()[1]
-    settings = Settings(host="127.0.0.1", port=port, config="<test>")
-    config = uvicorn.Config(create_app(settings, profiles), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    settings = Settings(
+        host="127.0.0.1",
+        port=port,
+        config=str(config or "<test>"),
+        admin_token=admin_token,
+        watch=watch,
+    )
+    config_ = uvicorn.Config(create_app(settings, profiles), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config_)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

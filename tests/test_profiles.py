@@ -85,3 +85,71 @@ def test_per_model_timeouts_override_gateway_wide() -> None:
     )
     t = ps.models["r1"].timeouts
     assert (t.idle, t.total, t.first_token, t.connect) == (3, 70, 60, 5)
+
+
+def test_variants_merge_mappings_and_replace_lists() -> None:
+    ps = parse_profiles(f"""
+models:
+  r1:
+    {OK}
+    stop_token_ids: [151643]
+    defaults: {{temperature: 0.6, top_p: 0.95}}
+    prompt: {{leading_newline: true, system: merge}}
+    variants:
+      think-only: {{stop_token_ids: [151649, 151643], defaults: {{temperature: 0.3}}}}
+""")
+    base, v = ps.models["r1"], ps.models["r1:think-only"]
+    assert v.variant == "think-only" and base.variant is None
+    assert v.stop_token_ids == (151649, 151643)  # lists replace
+    assert v.defaults == {"temperature": 0.3, "top_p": 0.95}  # mappings merge
+    assert v.leading_newline and v.system == "merge"  # untouched fields inherited
+    assert list(ps.models) == ["r1", "r1:think-only"]
+
+
+def test_variant_errors_name_the_variant_path() -> None:
+    errs = errors_of(f"models: {{r1: {{{OK}, variants: {{fast: {{defaults: {{top_p: 7}}}}}}}}}}")
+    assert errs == ["models.r1.variants.fast.defaults.top_p: must be <= 1, got 7"]
+    errs = errors_of(f"models: {{r1: {{{OK}, variants: {{'a:b': {{}}}}}}}}")
+    assert any("variant name 'a:b'" in e for e in errs)
+
+
+def test_shipped_think_only_variant() -> None:
+    ps = load_profiles(ROOT / "model_profiles.yaml")
+    v = ps.models["deepseek-r1-distill-qwen-1.5b:think-only"]
+    assert v.stop_token_ids == (151649, 151643) and v.defaults["temperature"] == 0.6
+
+
+def test_committed_json_schema_is_current() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "schema"], capture_output=True, text=True, check=True
+    ).stdout
+    committed = (ROOT / "model_profiles.schema.json").read_text()
+    assert json.loads(out) == json.loads(committed), (
+        "run: gateway schema > model_profiles.schema.json"
+    )
+    assert "stop_tokens" in json.loads(out)["$defs"]["ModelSpec"]["properties"]
+
+
+@pytest.mark.parametrize(("text", "code"), [(None, 0), ("models: {r1: {backends: []}}", 2)])
+def test_gateway_check_cli(tmp_path: Path, text: str | None, code: int) -> None:
+    import json
+    import subprocess
+    import sys
+
+    path = ROOT / "model_profiles.yaml"
+    if text is not None:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(path)], capture_output=True, text=True
+    )
+    assert r.returncode == code
+    if code == 0:
+        assert "deepseek-r1-distill-qwen-1.5b:think-only" in json.loads(r.stdout)["models"]
+    else:
+        assert "models.r1.backends: list should have at least 1 item" in r.stderr
+        assert "Traceback" not in r.stderr

@@ -1,0 +1,119 @@
+"""``ProfileStore``: the current profile snapshot, reloaded without a restart.
+
+A reload loads, validates and resolves the whole file off the event loop, then swaps one
+reference; requests read the snapshot once at their start, so streams in flight finish under
+the profiles they started with. A bad file is refused with its key-path messages and the old
+snapshot keeps serving. Triggers: file changes (``watchfiles`` on the file's directory, which
+also sees a Kubernetes ConfigMap swapping its ``..data`` symlink), ``SIGHUP`` and
+``POST /admin/reload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from .errors import ProfileError
+from .profiles import ProfileSet, content_version, load_profiles, read_profile_text
+from .tokens import TokenizerCache
+
+log = logging.getLogger("gateway.reload")
+
+
+class ProfileStore:
+    """Holds the current :class:`ProfileSet`; ``current`` is swapped whole, never mutated."""
+
+    def __init__(self, path: str | None, initial: ProfileSet, tokenizers: TokenizerCache) -> None:
+        self.path = path
+        self.current = initial
+        self.tokenizers = tokenizers
+        self.loaded_at = time.time()
+        #: the key-path messages of the last refused reload (``None`` after a good one)
+        self.last_error: list[str] | None = None
+        self.counts = {"applied": 0, "unchanged": 0, "refused": 0}
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def reload(self, trigger: str) -> ProfileSet:
+        """Reload from ``path``; raises :class:`ProfileError` (old snapshot kept)."""
+        if self.path is None:
+            raise ProfileError(["no profile file to reload from"])
+        async with self._lock:
+            try:
+                new = await asyncio.to_thread(load_profiles, self.path, self.tokenizers.resolve)
+            except ProfileError as exc:
+                self.counts["refused"] += 1
+                self.last_error = exc.errors
+                log.error(
+                    "profile reload (%s) refused, still serving version %s: %s",
+                    trigger,
+                    self.current.version,
+                    " | ".join(exc.errors),
+                )
+                raise
+            self.last_error = None
+            if new.version == self.current.version:
+                self.counts["unchanged"] += 1
+                return self.current
+            old, self.current, self.loaded_at = self.current.version, new, time.time()
+            self.counts["applied"] += 1
+            log.info(
+                "profiles reloaded (%s): version %s -> %s, %d model(s)",
+                trigger,
+                old,
+                new.version,
+                len(new.models),
+            )
+            return new
+
+    def trigger(self, reason: str) -> None:
+        """Fire-and-forget reload (signal handlers); errors are logged by :meth:`reload`."""
+        task = asyncio.get_running_loop().create_task(self._reload_quietly(reason))
+        self._pending.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._pending.discard)
+
+    async def _reload_quietly(self, reason: str) -> None:
+        with contextlib.suppress(ProfileError):
+            await self.reload(reason)
+
+    def _changed(self) -> bool:
+        try:
+            text = read_profile_text(self.path or "")
+        except ProfileError:
+            return True  # let reload() report it
+        return content_version(text) != self.current.version
+
+    def start_watching(self, debounce_ms: int = 300) -> None:
+        if self.path is None or self._watcher is not None:
+            return
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(debounce_ms))
+
+    async def _watch(self, debounce_ms: int) -> None:
+        from watchfiles import awatch
+
+        directory = Path(self.path or ".").parent  # as given: a ConfigMap path is a symlink
+        log.info("watching %s for profile changes", directory)
+        # No filter: a ConfigMap update shows up only as ``..data``/``..<timestamp>`` entries.
+        async for _changes in awatch(
+            directory,
+            debounce=debounce_ms,
+            step=50,
+            watch_filter=None,
+            stop_event=self._stop,
+            recursive=False,
+        ):
+            if self._changed():
+                await self._reload_quietly("file change")
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
