@@ -18,6 +18,7 @@ serve: $(VENV)/.installed  ## gateway in front of the vLLM servers named in mode
 	$(VENV)/bin/gateway serve --config model_profiles.yaml --port $(PORT)
 
 test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) included
+	$(VENV)/bin/gateway check model_profiles.yaml > /dev/null
 	scripts/install-vllm.sh $(VLLM_VENV)
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
