@@ -1,7 +1,7 @@
 """Throughput and added latency of the gateway against the simulated vLLM, measured directly.
 
 Starts the simulated vLLM and the gateway (``gateway serve``, full profile: stop ids,
-defaults, prompt rules, stop_text guard) as separate processes on loopback, then drives N
+defaults, prompt rules, stop_text guard, reasoning split) as separate processes on loopback, then drives N
 concurrent clients for a fixed time, first straight at the simulator, then through the
 gateway, for streams and non-streams. Prints requests/s, p50/p99 latency, time to first
 token, the ratio gateway/direct, and the gateway's CPU seconds per 1000 requests.
@@ -158,6 +158,7 @@ models:
     defaults: {{temperature: 0.6, top_p: 0.95}}
     prompt: {{leading_newline: true, system: merge}}
     stop_text: ["<｜end▁of▁sentence｜>"]
+    reasoning: {{starts_in_reasoning: true}}
 """
     procs = []
     with tempfile.TemporaryDirectory() as tmp:

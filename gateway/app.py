@@ -166,6 +166,8 @@ class Gateway:
                 stop_text=profile.stop_text,
                 include_usage=wants_usage,
                 n=int(body.get("n") or 1),
+                reasoning=profile.reasoning,
+                assistant_prefix=profile.assistant_prefix,
             )
             raw_headers = [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
             return EventStreamResponse(relay(resp, norm, t, started), raw_headers)
@@ -187,7 +189,12 @@ class Gateway:
         if not isinstance(obj, dict):
             raise UpstreamProtocolError("upstream sent an unexpected response")
         normalize_response(
-            obj, public_model=profile.name, endpoint=endpoint, stop_text=profile.stop_text
+            obj,
+            public_model=profile.name,
+            endpoint=endpoint,
+            stop_text=profile.stop_text,
+            reasoning=profile.reasoning,
+            assistant_prefix=profile.assistant_prefix,
         )
         return json_response(obj, headers=headers)
 

@@ -82,6 +82,33 @@ class PromptSpec(_Strict):
     leading_newline: bool = False
     #: keep | merge (fold system text into the first user turn) | drop
     system: Literal["keep", "merge", "drop"] = "keep"
+    #: text the answer must start with (e.g. "<think>\n"): sent as a final assistant message
+    #: with vLLM's continue_final_message
+    assistant_prefix: str = ""
+    #: the chat template already adds assistant_prefix: do not send it again
+    assistant_prefix_in_template: bool = False
+
+
+class ReasoningSpec(_Strict):
+    #: think_tags: parse <think>...</think> in the text; none: only rename upstream fields
+    parser: Literal["think_tags", "none"] = "think_tags"
+    #: the template opened <think> in the prompt: output starts inside the reasoning
+    starts_in_reasoning: bool = False
+    #: delta/message fields that receive the reasoning text
+    fields: list[str] = Field(
+        default_factory=lambda: ["reasoning_content", "reasoning"], min_length=1
+    )
+    mode: Literal["split", "inline", "hide"] = "split"
+    #: remove reasoning from earlier assistant turns before the request goes upstream
+    strip_history: bool = True
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in ("content", "role", "tool_calls", "refusal") or not name.isidentifier():
+                raise ValueError(f"{name!r} cannot hold reasoning")
+        return v
 
 
 class ModelSpec(_Strict):
@@ -101,6 +128,7 @@ class ModelSpec(_Strict):
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     stop_text: list[str] = Field(default_factory=list)
     timeouts: TimeoutOverrides = Field(default_factory=TimeoutOverrides)
+    reasoning: ReasoningSpec | None = None
 
     @field_validator("stop_token_ids")
     @classmethod
@@ -164,6 +192,15 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningRules:
+    parser: Literal["think_tags", "none"]
+    starts_in_reasoning: bool
+    fields: tuple[str, ...]
+    mode: Literal["split", "inline", "hide"]
+    strip_history: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A resolved model profile: everything the request path needs, precomputed.
 
@@ -180,6 +217,9 @@ class Profile:
     system: Literal["keep", "merge", "drop"]
     stop_text: tuple[str, ...]
     timeouts: Timeouts
+    reasoning: ReasoningRules | None = None
+    #: sent as a final assistant message (empty: nothing is sent)
+    assistant_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +309,7 @@ def _resolve_one(
             errors.append(f"{path}.stop_tokens: {exc}")
             return None
     t = m.timeouts
+    r = m.reasoning
     return Profile(
         name=f"{name}:{variant}" if variant else name,
         variant=variant,
@@ -288,6 +329,16 @@ def _resolve_one(
             idle=t.idle or base.idle,
             total=t.total or base.total,
         ),
+        reasoning=None
+        if r is None
+        else ReasoningRules(
+            parser=r.parser,
+            starts_in_reasoning=r.starts_in_reasoning,
+            fields=tuple(r.fields),
+            mode=r.mode,
+            strip_history=r.strip_history,
+        ),
+        assistant_prefix="" if m.prompt.assistant_prefix_in_template else m.prompt.assistant_prefix,
     )
 
 

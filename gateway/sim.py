@@ -15,7 +15,9 @@ emitting end-of-turn text as a misconfigured server does.
 A request may carry ``"sim": {...}`` (an extra field the gateway passes through) to script
 faults: ``tokens``, ``token_delay``, ``first_token_delay``, ``stall_after``/``stall_for``,
 ``drop_after``, ``finish`` (``"abort"``, ``"null"``, ``"omit"``), ``omit_done``,
-``keepalive``, ``error_after``, ``malformed_after``, ``status``, ``merge``.
+``keepalive``, ``error_after``, ``malformed_after``, ``status``, ``merge``, and
+``split_reasoning`` (act like vLLM's ``deepseek_r1`` reasoning parser: text before
+``</think>`` goes to ``delta.reasoning`` / ``message.reasoning``).
 ``GET /sim/requests`` returns the bodies received; ``GET /sim/stats`` counts streams
 cancelled by the client; ``POST /sim/reset`` clears both.
 """
@@ -219,6 +221,11 @@ class SimVLLM:
             )
         await asyncio.sleep(sim.get("first_token_delay", 0) + self.token_delay * len(emitted))
         text = "".join(p for _, p in emitted)
+        reasoning: str | None = None
+        content: str | None = text
+        if sim.get("split_reasoning"):  # vLLM's deepseek_r1 parser, non-streaming
+            before, sep, after = text.partition("</think>")
+            reasoning, content = (before, after or None) if sep else (text, None)
         if sim.get("finish") == "abort":
             finish = "abort"
         usage = {
@@ -233,12 +240,12 @@ class SimVLLM:
                 "index": 0,
                 "message": {
                     "role": "assistant",
-                    "content": text,
+                    "content": content,
                     "refusal": None,
                     "annotations": None,
                     "audio": None,
                     "function_call": None,
-                    "reasoning": None,
+                    "reasoning": reasoning,
                 },
                 "logprobs": None,
                 "finish_reason": finish,
@@ -326,6 +333,8 @@ class SimVLLM:
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
+        in_reasoning = bool(sim.get("split_reasoning")) and chat
+
         def chunk(
             text: str,
             fin: str | None = None,
@@ -333,6 +342,7 @@ class SimVLLM:
             role: bool = False,
             final: bool = False,
         ) -> bytes:
+            nonlocal in_reasoning
             if chat and role:
                 return _sse(
                     {
@@ -350,9 +360,17 @@ class SimVLLM:
                     }
                 )
             if chat:
+                delta: dict[str, Any] = {"content": text}
+                if in_reasoning:  # as vLLM's deepseek_r1 parser: text before </think>
+                    before, sep, after = text.partition("</think>")
+                    delta = {"reasoning": before} if before else {}
+                    if sep:
+                        in_reasoning = False
+                        if after:
+                            delta["content"] = after
                 ch: dict[str, Any] = {
                     "index": 0,
-                    "delta": {"content": text},
+                    "delta": delta,
                     "logprobs": None,
                     "finish_reason": fin,
                 }

@@ -20,8 +20,9 @@ from typing import Any
 import orjson
 
 from .errors import UpstreamError
-from .profiles import Timeouts
+from .profiles import ReasoningRules, Timeouts
 from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, error_body, sse_frame
+from .reasoning import ReasoningStream, split_message
 from .sse import SSEDecoder
 from .stoptext import StopTextMatcher
 
@@ -42,11 +43,12 @@ def normalize_finish(reason: Any) -> str:
 
 
 class _Choice:
-    __slots__ = ("finished", "matcher", "started")
+    __slots__ = ("finished", "matcher", "reasoning", "started")
     finished: bool
 
-    def __init__(self, stop_text: tuple[str, ...]) -> None:
+    def __init__(self, stop_text: tuple[str, ...], reasoning: ReasoningStream | None) -> None:
         self.matcher = StopTextMatcher(stop_text) if stop_text else None
+        self.reasoning = reasoning
         self.finished = False
         self.started = False
 
@@ -62,9 +64,13 @@ class StreamNormalizer:
         stop_text: tuple[str, ...] = (),
         include_usage: bool = False,
         n: int = 1,
+        reasoning: ReasoningRules | None = None,
+        assistant_prefix: str = "",
     ) -> None:
         self.public_model = public_model
         self.chat = endpoint == "chat"
+        self.reasoning = reasoning if self.chat else None
+        self.assistant_prefix = assistant_prefix
         self.stop_text = stop_text
         self.include_usage = include_usage
         self._n = n
@@ -87,7 +93,10 @@ class StreamNormalizer:
     def _choice(self, index: int) -> _Choice:
         st = self._choices.get(index)
         if st is None:
-            st = self._choices[index] = _Choice(self.stop_text)
+            rs = None
+            if self.reasoning is not None:
+                rs = ReasoningStream(self.reasoning, self.assistant_prefix)
+            st = self._choices[index] = _Choice(self.stop_text, rs)
         return st
 
     @property
@@ -155,36 +164,43 @@ class StreamNormalizer:
         return [sse_frame(obj)]
 
     def _scrub(self, ch: dict[str, Any], st: _Choice) -> bool:
-        """Apply stop text and finish normalization to one choice; False = drop it."""
+        """Stop text, reasoning split and finish normalization of one choice; False = drop."""
         reason = ch.get("finish_reason")
-        m = st.matcher
         holder = ch.get("delta") if self.chat else ch
-        if m is not None and isinstance(holder, dict):
-            key = "content" if self.chat else "text"
-            text = holder.get(key)
-            if isinstance(text, str) or reason is not None:
-                out, hit = m.feed(text if isinstance(text, str) else "")
-                if hit:
-                    holder[key] = out
-                    ch["finish_reason"] = "stop"
-                    ch["stop_reason"] = m.matched
-                    ch["upstream_finish_reason"] = reason
-                    ch["gateway_termination"] = "stop_text"
-                    self._finish(st)
-                    return True
-                if reason is not None:
-                    out += m.flush()
-                if isinstance(text, str) or out:
-                    holder[key] = out
-                # Everything was held back and the delta carried nothing else: send nothing.
-                if self.chat and reason is None and text and not out and len(holder) == 1:
-                    return False
-        if reason is not None:
-            self._finish(st)
-            norm = normalize_finish(reason)
-            if norm != reason:
-                ch["finish_reason"] = norm
+        if not isinstance(holder, dict):
+            holder = ch["delta"] = {}
+        key = "content" if self.chat else "text"
+        text = holder.get(key)
+        hit = False
+        m = st.matcher
+        if m is not None and (isinstance(text, str) or reason is not None):
+            out, hit = m.feed(text if isinstance(text, str) else "")
+            if not hit and reason is not None:
+                out += m.flush()
+            if isinstance(text, str) or out:
+                holder[key] = out
+            if hit:
+                ch["finish_reason"] = "stop"
+                ch["stop_reason"] = m.matched
                 ch["upstream_finish_reason"] = reason
+                ch["gateway_termination"] = "stop_text"
+        rs = st.reasoning
+        if rs is not None:
+            rs.delta(holder)
+        if hit or reason is not None:
+            self._finish(st)
+            if not hit:
+                norm = normalize_finish(reason)
+                if norm != reason:
+                    ch["finish_reason"] = norm
+                    ch["upstream_finish_reason"] = reason
+            if rs is not None:
+                rs.finish(holder, ch, ch["finish_reason"])
+            return True
+        if self.chat and isinstance(text, str) and text:
+            # The text was held back (stop-text prefix, partial tag) or hidden: send a chunk
+            # only if something is left in it.
+            return any(v for k, v in holder.items() if k != "role")
         return True
 
     def _error(self, message: str, code: str) -> list[bytes]:
@@ -206,9 +222,12 @@ class StreamNormalizer:
             tail = st.matcher.flush() if st.matcher else ""
             choice: dict[str, Any] = {"index": index}
             if self.chat:
-                delta: dict[str, Any] = {"content": tail}
-                if not st.started:
-                    delta = {"role": "assistant", "content": tail}
+                delta: dict[str, Any] = {"role": "assistant"} if not st.started else {}
+                delta["content"] = tail
+                if st.reasoning is not None:
+                    st.reasoning.delta(delta)
+                    st.reasoning.finish(delta, choice, finish)
+                    delta.setdefault("content", "")
                 choice["delta"] = delta
             else:
                 choice["text"] = tail
@@ -285,9 +304,15 @@ async def relay(
 
 
 def normalize_response(
-    obj: dict[str, Any], *, public_model: str, endpoint: Endpoint, stop_text: tuple[str, ...]
+    obj: dict[str, Any],
+    *,
+    public_model: str,
+    endpoint: Endpoint,
+    stop_text: tuple[str, ...],
+    reasoning: ReasoningRules | None = None,
+    assistant_prefix: str = "",
 ) -> dict[str, Any]:
-    """The stream contract for a non-streaming response: model name, stop text, finish."""
+    """The contract for a non-streaming response: model name, stop text, finish, reasoning."""
     obj["model"] = public_model
     chat = endpoint == "chat"
     for ch in obj.get("choices") or ():
@@ -295,18 +320,23 @@ def normalize_response(
         holder = ch.get("message") if chat else ch
         key = "content" if chat else "text"
         text = holder.get(key) if isinstance(holder, dict) else None
-        if stop_text and isinstance(text, str):
-            hits = [(i, s) for s in stop_text if (i := text.find(s)) != -1]
-            if hits:
-                i, matched = min(hits)
-                holder[key] = text[:i]
-                ch["finish_reason"] = "stop"
-                ch["stop_reason"] = matched
-                ch["upstream_finish_reason"] = reason
-                ch["gateway_termination"] = "stop_text"
-                continue
-        norm = normalize_finish(reason)
-        if norm != reason:
-            ch["finish_reason"] = norm
+        hits = (
+            [(i, s) for s in stop_text if (i := text.find(s)) != -1]
+            if isinstance(text, str)
+            else []
+        )
+        if hits:
+            i, matched = min(hits)
+            holder[key] = text[:i]  # type: ignore[index]
+            ch["finish_reason"] = "stop"
+            ch["stop_reason"] = matched
             ch["upstream_finish_reason"] = reason
+            ch["gateway_termination"] = "stop_text"
+        else:
+            norm = normalize_finish(reason)
+            if norm != reason:
+                ch["finish_reason"] = norm
+                ch["upstream_finish_reason"] = reason
+        if chat and reasoning is not None and isinstance(holder, dict):
+            split_message(holder, ch, reasoning, ch["finish_reason"], assistant_prefix)
     return obj

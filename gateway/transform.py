@@ -5,7 +5,10 @@ Order of application (documented in the README):
 2. ``defaults`` fill fields the client did not send (or sent as ``null``).
 3. ``overrides`` replace fields whatever the client sent.
 4. ``stop_token_ids``: the client's ids, then the profile's, without duplicates.
-5. Chat prompt rules: the ``system`` rule first, then ``leading_newline`` on the final user turn.
+5. Chat prompt rules: reasoning removed from earlier assistant turns (``reasoning``
+   profiles), the ``system`` rule, ``leading_newline`` on the final user turn, then the
+   ``assistant_prefix`` as a final assistant message continued by vLLM
+   (``continue_final_message: true, add_generation_prompt: false``).
 6. Streams always ask the upstream for usage (the gateway needs the counts); whether the
    client asked is returned so the usage chunk can be dropped for it.
 """
@@ -35,6 +38,43 @@ def _prepend(content: Any, prefix: str) -> Any:
                 return parts
         return [{"type": "text", "text": prefix}, *parts]
     return prefix + (content or "")
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+REASONING_FIELDS = ("reasoning", "reasoning_content")
+
+
+def strip_think(text: str) -> str:
+    """Remove ``<think>...</think>`` blocks, or everything up to a lone ``</think>``."""
+    if THINK_CLOSE not in text:
+        return text
+    out, rest = [], text
+    while THINK_CLOSE in rest:
+        before, _, rest = rest.partition(THINK_CLOSE)
+        i = before.find(THINK_OPEN)
+        if i != -1:
+            out.append(before[:i])
+    out.append(rest)
+    return "".join(out).lstrip("\n")
+
+
+def strip_history_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier assistant turns without their reasoning (DeepSeek's multi-turn guidance),
+    whether it came back as ``<think>`` text or as a ``reasoning``/``reasoning_content`` field."""
+    out = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            m = {k: v for k, v in m.items() if k not in REASONING_FIELDS}
+            content = m.get("content")
+            if isinstance(content, str):
+                m["content"] = strip_think(content)
+            elif isinstance(content, list):
+                m["content"] = [
+                    {**p, "text": strip_think(p.get("text", ""))} if p.get("type") == "text" else p
+                    for p in content
+                ]
+        out.append(m)
+    return out
 
 
 def apply_system_rule(messages: list[dict[str, Any]], rule: str) -> list[dict[str, Any]]:
@@ -81,9 +121,15 @@ def build_upstream_body(
         out["stop_token_ids"] = list(dict.fromkeys([*client_ids, *profile.stop_token_ids]))
     if endpoint == "chat":
         messages = body["messages"]
+        if profile.reasoning is not None and profile.reasoning.strip_history:
+            messages = strip_history_reasoning(messages)
         messages = apply_system_rule(messages, profile.system)
         if profile.leading_newline:
             messages = apply_leading_newline(messages)
+        if profile.assistant_prefix and messages[-1].get("role") != "assistant":
+            messages = [*messages, {"role": "assistant", "content": profile.assistant_prefix}]
+            out["continue_final_message"] = True
+            out["add_generation_prompt"] = False
         out["messages"] = messages
     wants_usage = False
     if out.get("stream"):

@@ -46,6 +46,26 @@ models:
     backends: [{{url: "{sim_url}"}}]
   dead:
     backends: [{{url: "{dead_url}"}}]
+  think:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stop_token_ids: [{R1_EOS}]
+    reasoning: {{starts_in_reasoning: true}}
+  think-hide:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stop_token_ids: [{R1_EOS}]
+    reasoning: {{starts_in_reasoning: true, mode: hide}}
+  think-prefix:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stop_token_ids: [{R1_EOS}]
+    prompt: {{assistant_prefix: "<think>\\n"}}
+    reasoning: {{fields: [reasoning_content]}}
+  think-tags:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    reasoning: {{starts_in_reasoning: false, fields: [reasoning]}}
 """
 
 

@@ -234,4 +234,4 @@ async def test_async_sdk_stream(aclient: openai.AsyncOpenAI, fresh_sim: SimProce
 
 def test_models_list_and_health(client: openai.OpenAI, raw: Any) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["r1", "plain", "guarded", "strict", "hasty", "unserved", "dead"]
+    assert ids[:7] == ["r1", "plain", "guarded", "strict", "hasty", "unserved", "dead"]

@@ -221,6 +221,7 @@ models:
     upstream_model: {SERVED}
     backends: [{{url: "{reasoning_url}"}}]
     stop_token_ids: [{ids["<|im_end|>"]}]
+    reasoning: {{parser: none, fields: [reasoning_content, reasoning]}}
 """
 
 

@@ -239,10 +239,12 @@ def test_reasoning_parser_output_passes_normalized(
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == "length"
     deltas = [c["delta"] for e in events[:-1] for c in e["choices"]]
-    assert any(d.get("reasoning") for d in deltas)
+    thought = "".join(d.get("reasoning") or "" for d in deltas)
+    assert thought and thought == "".join(d.get("reasoning_content") or "" for d in deltas)
     assert all(e["model"] == "tiny-r1" for e in events[:-1])
     resp = client.chat.completions.create(model="tiny-r1", messages=USER, max_tokens=6)
-    assert resp.choices[0].message.model_extra["reasoning"]  # type: ignore[index]
+    extra = resp.choices[0].message.model_extra or {}
+    assert extra["reasoning"] and extra["reasoning_content"] == extra["reasoning"]
     assert resp.choices[0].finish_reason == "length" and resp.model == "tiny-r1"
 
 
