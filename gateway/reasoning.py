@@ -28,7 +28,10 @@ UPSTREAM_FIELDS = ("reasoning", "reasoning_content")
 
 def _partial(s: str, tag: str) -> int:
     """Length of the longest suffix of ``s`` that is a proper prefix of ``tag``."""
-    for k in range(min(len(s), len(tag) - 1), 0, -1):
+    top = min(len(s), len(tag) - 1)
+    if s.find("<", len(s) - top) == -1:  # the common case: no tag can start in the tail
+        return 0
+    for k in range(top, 0, -1):
         if s.endswith(tag[:k]):
             return k
     return 0
@@ -142,8 +145,10 @@ class ReasoningStream:
                 self._put(delta, r, None)
             else:
                 delta["content"] = text
-        keys = delta.keys() - {"role"}
-        return bool(keys) or (had_content and "role" in delta)
+        for key in delta:
+            if key != "role":
+                return True
+        return had_content and "role" in delta
 
     def finish(self, delta: dict[str, Any], choice: dict[str, Any], finish_reason: str) -> None:
         """At the choice's final chunk: release held text, apply the unterminated rule."""
