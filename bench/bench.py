@@ -1,9 +1,9 @@
 """Throughput and added latency of the gateway against the simulated vLLM, measured directly.
 
 Starts the simulated vLLM and the gateway (``gateway serve``, full profile: stop ids,
-defaults, prompt rules, stop_text guard, reasoning split) as separate processes on loopback, then drives N
-concurrent clients for a fixed time, first straight at the simulator, then through the
-gateway, for streams and non-streams. Prints requests/s, p50/p99 latency, time to first
+defaults, prompt rules, stop_text guard, reasoning split) as separate processes on loopback,
+then drives N concurrent clients for a fixed time, first straight at the simulator, then
+through the gateway, for streams and non-streams. Prints requests/s, p50/p99 latency, time to first
 token, the ratio gateway/direct, and the gateway's CPU seconds per 1000 requests.
 
     python bench/bench.py --concurrency 32 --seconds 10 --pin

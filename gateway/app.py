@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import itertools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,19 @@ from .errors import (
     GatewayError,
     ModelNotFound,
     ProfileError,
+    TimeoutPhase,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
+    UpstreamUnavailable,
 )
-from .profiles import Backend, Profile, ProfileSet, load_profiles
+from .pool import BackendPool, BackendState
+from .profiles import Backend, Profile, ProfileSet, Timeouts, load_profiles
 from .protocol import Endpoint, error_body, error_body_for, parse_request
 from .reload import ProfileStore
 from .settings import Settings
-from .stream import StreamNormalizer, normalize_response, relay
+from .stream import Opened, StreamNormalizer, ended, normalize_response, prime, relay
 from .tokens import TokenizerCache
 from .transform import build_upstream_body
 from .upstream import UpstreamClient
@@ -120,75 +123,152 @@ VARIANT_HEADER = b"x-gateway-variant"
 class Gateway:
     """Per-process state: the profile store and the upstream client."""
 
-    def __init__(self, settings: Settings, store: ProfileStore, upstream: UpstreamClient) -> None:
+    def __init__(
+        self, settings: Settings, store: ProfileStore, upstream: UpstreamClient, pool: BackendPool
+    ) -> None:
         self.settings = settings
         self.store = store
         self.upstream = upstream
-        self._rr: dict[str, Iterator[Backend]] = {}
+        self.pool = pool
 
     @property
     def profiles(self) -> ProfileSet:
         return self.store.current
 
-    def pick_backend(self, profile: Profile) -> Backend:
-        if len(profile.backends) == 1:
-            return profile.backends[0]
-        it = self._rr.get(profile.name)
-        if it is None:
-            it = self._rr[profile.name] = itertools.cycle(profile.backends)
-        return next(it)
-
-    async def handle(self, raw: bytes, endpoint: Endpoint, variant: str | None = None) -> Response:
+    async def handle(
+        self, raw: bytes, endpoint: Endpoint, headers: dict[bytes, bytes] | None = None
+    ) -> Response:
+        headers = headers or {}
         body = parse_request(raw, endpoint)
         profiles = self.store.current  # one snapshot for the whole request
+        variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
         name = f"{body['model']}:{variant}" if variant else body["model"]
         profile = profiles.get(name)
         if profile is None:
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
         upstream_body, wants_usage = build_upstream_body(body, profile, endpoint)
         payload = orjson.dumps(upstream_body)
-        backend = self.pick_backend(profile)
         t = profile.timeouts
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        headers = {"x-gateway-profile-version": profiles.version}
-        if body.get("stream"):
+        total_deadline = loop.time() + t.total
+        stream = bool(body.get("stream"))
+        key = affinity_key(profile, body, headers)
+        out_headers = {"x-gateway-profile-version": profiles.version}
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        for _attempt in range(1 + profile.retries):
+            if loop.time() >= total_deadline:
+                break
+            backend = self.pool.pick(profile.backends, tried, key)
+            if backend is None:
+                break
+            tried.add(backend.url)
+            state = self.pool.state(backend)
+            state.outstanding += 1
             try:
-                async with asyncio.timeout_at(started + min(t.first_token, t.total)):
-                    resp = await self.upstream.post(
-                        backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect
-                    )
-            except TimeoutError:
-                raise UpstreamTimeout("first_token", t.first_token) from None
-            norm = StreamNormalizer(
-                public_model=profile.name,
-                endpoint=endpoint,
-                stop_text=profile.stop_text,
-                include_usage=wants_usage,
-                n=int(body.get("n") or 1),
-                reasoning=profile.reasoning,
-                assistant_prefix=profile.assistant_prefix,
+                if stream:
+                    opened = await self._open_stream(backend, endpoint, payload, t, total_deadline)
+                else:
+                    raw_resp = await self._fetch(backend, endpoint, payload, total_deadline, t)
+            except UpstreamError as exc:
+                state.outstanding -= 1
+                if isinstance(exc, UpstreamStatusError) and exc.status < 500:
+                    raise  # the backend judged the request itself: another would agree
+                self.pool.failure(backend, exc.code or exc.message)
+                last = exc
+                continue
+            except BaseException:
+                state.outstanding -= 1
+                raise
+            self.pool.success(backend)
+            out_headers["x-gateway-backend"] = backend.name
+            if stream:
+                norm = self._normalizer(profile, endpoint, body, wants_usage)
+
+                def done(state: BackendState = state) -> None:
+                    state.outstanding -= 1
+
+                frames = relay(opened, norm, t, total_deadline, on_close=done)
+                return EventStreamResponse(frames, _sse_headers(out_headers))
+            state.outstanding -= 1
+            return json_response(
+                self._finish_json(raw_resp, profile, endpoint), headers=out_headers
             )
-            raw_headers = [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
-            return EventStreamResponse(relay(resp, norm, t, started), raw_headers)
+        if stream and isinstance(last, UpstreamTimeout) and last.phase in ("first_token", "total"):
+            # Nothing reached the client and no backend produced a first token in time: the
+            # stream contract still holds (a final chunk, then [DONE]).
+            norm = self._normalizer(profile, endpoint, body, wants_usage)
+            frames = ended(norm, f"{last.phase}_timeout")
+            return EventStreamResponse(frames, _sse_headers(out_headers))
+        if last is None:
+            last = (
+                UpstreamTimeout("total", t.total)
+                if tried
+                else UpstreamUnavailable(f"no backend available for `{profile.name}`")
+            )
+        raise last
+
+    async def _open_stream(
+        self, backend: Backend, endpoint: Endpoint, payload: bytes, t: Timeouts, total: float
+    ) -> Opened:
+        loop = asyncio.get_running_loop()
+        first_token = loop.time() + t.first_token
+        deadline = min(first_token, total)
+        phase: TimeoutPhase = "first_token" if first_token < total else "total"
+        resp = None
         try:
-            async with asyncio.timeout_at(started + t.total):
+            async with asyncio.timeout_at(deadline):
+                resp = await self.upstream.post(
+                    backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect
+                )
+            return await prime(resp, deadline)
+        except TimeoutError:
+            if resp is not None:
+                resp.close(reuse=False)
+            raise UpstreamTimeout(
+                phase, t.first_token if phase == "first_token" else t.total
+            ) from None
+        except BaseException:
+            if resp is not None:
+                resp.close(reuse=False)
+            raise
+
+    async def _fetch(
+        self, backend: Backend, endpoint: Endpoint, payload: bytes, total: float, t: Timeouts
+    ) -> bytes:
+        try:
+            async with asyncio.timeout_at(total):
                 resp = await self.upstream.post(
                     backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect
                 )
                 try:
-                    raw = await resp.read_all()
+                    return await resp.read_all()
                 finally:
                     resp.close(reuse=True)
         except TimeoutError:
             raise UpstreamTimeout("total", t.total) from None
+
+    def _normalizer(
+        self, profile: Profile, endpoint: Endpoint, body: dict[str, Any], wants_usage: bool
+    ) -> StreamNormalizer:
+        return StreamNormalizer(
+            public_model=profile.name,
+            endpoint=endpoint,
+            stop_text=profile.stop_text,
+            include_usage=wants_usage,
+            n=int(body.get("n") or 1),
+            reasoning=profile.reasoning,
+            assistant_prefix=profile.assistant_prefix,
+        )
+
+    def _finish_json(self, raw: bytes, profile: Profile, endpoint: Endpoint) -> dict[str, Any]:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamProtocolError("upstream sent a response that is not JSON") from None
         if not isinstance(obj, dict):
             raise UpstreamProtocolError("upstream sent an unexpected response")
-        normalize_response(
+        return normalize_response(
             obj,
             public_model=profile.name,
             endpoint=endpoint,
@@ -196,7 +276,27 @@ class Gateway:
             reasoning=profile.reasoning,
             assistant_prefix=profile.assistant_prefix,
         )
-        return json_response(obj, headers=headers)
+
+
+def _sse_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
+
+
+def affinity_key(profile: Profile, body: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
+    """The conversation key for a sticky backend, or None to balance."""
+    if profile.affinity == "header":
+        value = headers.get(profile.affinity_header.encode())
+        return value.decode("latin-1") if value else None
+    if profile.affinity == "prefix":
+        if "messages" in body:
+            msgs = body["messages"]
+            system = [m for m in msgs if m.get("role") in ("system", "developer")]
+            first_user = next((m for m in msgs if m.get("role") == "user"), None)
+            stable = [*system, first_user] if first_user else system
+            return orjson.dumps([m.get("content") for m in stable]).decode()
+        prompt = body.get("prompt")
+        return prompt[:512] if isinstance(prompt, str) else None
+    return None
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -232,13 +332,10 @@ class GatewayApp:
             endpoint = _HOT_ROUTES.get(scope["path"])
             if endpoint is not None:
                 gateway: Gateway = self.api.state.gateway
-                variant = None
-                for key, value in scope["headers"]:
-                    if key == VARIANT_HEADER:
-                        variant = value.decode("latin-1").strip() or None
                 response: Response
                 try:
-                    response = await gateway.handle(await read_body(receive), endpoint, variant)
+                    raw = await read_body(receive)
+                    response = await gateway.handle(raw, endpoint, dict(scope["headers"]))
                 except GatewayError as exc:
                     if exc.status >= 500:
                         log.warning("POST %s -> %d %s", scope["path"], exc.status, exc.code)
@@ -281,7 +378,9 @@ def create_app(
             except (RuntimeError, ValueError, NotImplementedError):
                 log.debug("SIGHUP reload unavailable (not the main thread)")
         async with UpstreamClient(max_connections=settings.max_upstream_connections) as up:
-            app.state.gateway = Gateway(settings, store, up)
+            pool = BackendPool(snapshot.health, up.probe)
+            pool.start(lambda: store.current)
+            app.state.gateway = Gateway(settings, store, up, pool)
             log.info(
                 "serving %d model(s), profile version %s", len(snapshot.models), snapshot.version
             )
@@ -292,6 +391,7 @@ def create_app(
             finally:
                 if sighup:
                     loop.remove_signal_handler(signal.SIGHUP)
+                await pool.aclose()
                 await store.aclose()
 
     app = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -316,7 +416,25 @@ def create_app(
         return json_response({"object": "list", "data": data})
 
     async def health(request: Request) -> Response:
-        return json_response({"status": "ok", "profile_version": gw(request).profiles.version})
+        g = gw(request)
+        return json_response(
+            {
+                "status": "ok",
+                "profile_version": g.profiles.version,
+                "backends": g.pool.describe(g.profiles.backends()),
+            }
+        )
+
+    async def ready(request: Request) -> Response:
+        """Ready when every model has at least one healthy backend."""
+        g = gw(request)
+        missing = sorted(
+            name
+            for name, p in g.profiles.models.items()
+            if p.variant is None and not any(g.pool.available(b) for b in p.backends)
+        )
+        body = {"ready": not missing, "models_without_backend": missing}
+        return json_response(body, 200 if not missing else 503)
 
     def check_admin(request: Request) -> None:
         token = settings.admin_token
@@ -356,6 +474,7 @@ def create_app(
     app.add_route("/v1/completions", completions, methods=["POST"])
     app.add_route("/v1/models", models, methods=["GET"])
     app.add_route("/health", health, methods=["GET"])
+    app.add_route("/ready", ready, methods=["GET"])
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

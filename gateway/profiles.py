@@ -9,6 +9,7 @@ The resolved :class:`Profile` objects are frozen and cheap to read on the reques
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,18 @@ class TimeoutsSpec(_Strict):
     total: float = Field(default=600, gt=0)
 
 
+class HealthSpec(_Strict):
+    """Backend health: active probes of ``GET /health`` and passive ejection."""
+
+    #: seconds between probes (0 turns active checks off)
+    interval: float = Field(default=5, ge=0)
+    timeout: float = Field(default=2, gt=0)
+    #: connect errors / 5xx / first-token timeouts in a row before a backend is ejected
+    eject_after: int = Field(default=3, ge=1)
+    #: seconds an ejected backend stays out before it is probed again
+    cooloff: float = Field(default=10, ge=0)
+
+
 class TimeoutOverrides(_Strict):
     connect: float | None = Field(default=None, gt=0)
     first_token: float | None = Field(default=None, gt=0)
@@ -51,6 +64,10 @@ class TimeoutOverrides(_Strict):
 class BackendSpec(_Strict):
     url: str
     name: str | None = None
+    #: share of traffic relative to the model's other backends
+    weight: int = Field(default=1, ge=1, le=100)
+    #: name of an environment variable holding this backend's API key (sent as Bearer)
+    api_key_env: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -129,6 +146,11 @@ class ModelSpec(_Strict):
     stop_text: list[str] = Field(default_factory=list)
     timeouts: TimeoutOverrides = Field(default_factory=TimeoutOverrides)
     reasoning: ReasoningSpec | None = None
+    #: other backends tried when one fails before the first byte reached the client
+    retries: int = Field(default=2, ge=0, le=10)
+    #: none | prefix (hash of system + first user turn) | header (``affinity_header``)
+    affinity: Literal["none", "prefix", "header"] = "none"
+    affinity_header: str = "x-session-id"
 
     @field_validator("stop_token_ids")
     @classmethod
@@ -166,6 +188,7 @@ class ModelSpec(_Strict):
 
 class ProfileFile(_Strict):
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    health: HealthSpec = Field(default_factory=HealthSpec)
     models: dict[str, ModelSpec] = Field(min_length=1)
 
     @field_validator("models")
@@ -189,6 +212,9 @@ class Timeouts:
 class Backend:
     name: str
     url: str
+    weight: int = 1
+    #: from ``api_key_env``; never printed, logged or described
+    api_key: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +246,9 @@ class Profile:
     reasoning: ReasoningRules | None = None
     #: sent as a final assistant message (empty: nothing is sent)
     assistant_prefix: str = ""
+    retries: int = 2
+    affinity: Literal["none", "prefix", "header"] = "none"
+    affinity_header: str = "x-session-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,17 +259,24 @@ class ProfileSet:
     version: str
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    health: HealthSpec = field(default_factory=HealthSpec)
+
+    def backends(self) -> list[Backend]:
+        """Every backend of every profile, once per URL."""
+        return list({b.url: b for p in self.models.values() for b in p.backends}.values())
 
     def get(self, name: str) -> Profile | None:
         return self.models.get(name)
 
     def describe(self) -> dict[str, Any]:
         """The effective profiles as plain data (for ``gateway check`` and ``/admin``)."""
-        return {
-            "version": self.version,
-            "source": self.source,
-            "models": {name: asdict(p) for name, p in self.models.items()},
-        }
+        models = {}
+        for name, p in self.models.items():
+            d = asdict(p)
+            for b in d["backends"]:
+                b["api_key"] = "<set>" if b["api_key"] else None  # never the key itself
+            models[name] = d
+        return {"version": self.version, "source": self.source, "models": models}
 
 
 #: ``(tokenizer, stop_tokens, with_eos) -> ids``; raises ``ValueError`` with a message
@@ -308,15 +344,27 @@ def _resolve_one(
         except ValueError as exc:
             errors.append(f"{path}.stop_tokens: {exc}")
             return None
+    backends = []
+    for i, b in enumerate(m.backends):
+        key = None
+        if b.api_key_env:
+            key = os.environ.get(b.api_key_env)
+            if not key:
+                errors.append(
+                    f"{path}.backends.{i}.api_key_env: environment variable "
+                    f"{b.api_key_env} is not set"
+                )
+                return None
+        backends.append(
+            Backend(name=b.name or urlsplit(b.url).netloc, url=b.url, weight=b.weight, api_key=key)
+        )
     t = m.timeouts
     r = m.reasoning
     return Profile(
         name=f"{name}:{variant}" if variant else name,
         variant=variant,
         upstream_model=m.upstream_model or name,
-        backends=tuple(
-            Backend(name=b.name or urlsplit(b.url).netloc, url=b.url) for b in m.backends
-        ),
+        backends=tuple(backends),
         stop_token_ids=tuple(dict.fromkeys(ids)),
         defaults=m.defaults.model_dump(exclude_none=True),
         overrides=m.overrides.model_dump(exclude_none=True),
@@ -339,6 +387,9 @@ def _resolve_one(
             strip_history=r.strip_history,
         ),
         assistant_prefix="" if m.prompt.assistant_prefix_in_template else m.prompt.assistant_prefix,
+        retries=m.retries,
+        affinity=m.affinity,
+        affinity_header=m.affinity_header.lower(),
     )
 
 
@@ -387,9 +438,8 @@ def parse_profiles(
     except ValidationError as exc:
         raise ProfileError([_describe(e) for e in exc.errors(include_url=False)]) from None
     version = content_version(text)
-    return ProfileSet(
-        models=_resolve(spec, data, resolver), version=version, source=source, raw=data
-    )
+    models = _resolve(spec, data, resolver)
+    return ProfileSet(models=models, version=version, source=source, raw=data, health=spec.health)
 
 
 def content_version(text: str) -> str:

@@ -99,6 +99,8 @@ class SimVLLM:
         self.eos_token_id = eos_token_id
         self.token_delay = token_delay
         self.requests: deque[dict[str, Any]] = deque(maxlen=record)
+        #: the Authorization header of each request (None when absent), in order
+        self.auth: deque[str | None] = deque(maxlen=record)
         self.cancelled = 0
         self.active = 0
 
@@ -127,10 +129,13 @@ class SimVLLM:
         return web.Response(body=orjson.dumps(list(self.requests)), content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"cancelled": self.cancelled, "active": self.active})
+        return web.json_response(
+            {"cancelled": self.cancelled, "active": self.active, "auth": list(self.auth)}
+        )
 
     async def reset(self, request: web.Request) -> web.Response:
         self.requests.clear()
+        self.auth.clear()
         self.cancelled = 0
         return web.json_response({"ok": True})
 
@@ -175,6 +180,7 @@ class SimVLLM:
         except orjson.JSONDecodeError:
             return _error("Invalid JSON body", "BadRequestError", 400)
         self.requests.append(body)
+        self.auth.append(request.headers.get("Authorization"))
         sim: dict[str, Any] = body.get("sim") or {}
         if sim.get("status"):
             return _error("simulated failure", "InternalServerError", int(sim["status"]))

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .errors import UpstreamError
+from .errors import UpstreamDisconnected, UpstreamError
 from .profiles import ReasoningRules, Timeouts
 from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, error_body, sse_frame
 from .reasoning import ReasoningStream, split_message
@@ -254,52 +255,88 @@ class StreamNormalizer:
         }
 
 
-async def relay(
-    resp: Any, norm: StreamNormalizer, timeouts: Timeouts, started: float
-) -> AsyncIterator[bytes]:
-    """Read the upstream SSE body and yield client frames, always ending with
-    :meth:`StreamNormalizer.close`. ``started`` is the loop time the request was sent.
+@dataclass(slots=True)
+class Opened:
+    """An upstream stream whose first event has arrived; nothing was sent to the client yet,
+    so until then the request can still fail over to another backend."""
 
-    The upstream is closed on every exit (client disconnect arrives as cancellation).
-    """
-    loop = asyncio.get_running_loop()
-    total_deadline = started + timeouts.total
-    event_deadline = started + timeouts.first_token
-    phase = "first_token"
+    resp: Any
+    decoder: SSEDecoder
+    first: list[bytes]
+    eof: bool
+
+
+async def prime(resp: Any, deadline: float) -> Opened:
+    """Read up to the first SSE event (keep-alives do not count) before ``deadline``.
+
+    Raises ``TimeoutError`` or :class:`UpstreamError`; the caller closes ``resp`` then."""
     decoder = SSEDecoder()
+    while True:
+        async with asyncio.timeout_at(deadline):
+            chunk = await resp.read_chunk()
+        if not chunk:
+            events = decoder.flush()
+            if not events:
+                raise UpstreamDisconnected("upstream ended the stream before its first event")
+            return Opened(resp, decoder, events, eof=True)
+        events = decoder.feed(chunk)
+        if events:
+            return Opened(resp, decoder, events, eof=False)
+
+
+async def relay(
+    opened: Opened,
+    norm: StreamNormalizer,
+    timeouts: Timeouts,
+    total_deadline: float,
+    on_close: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """Client frames from a primed upstream stream, always ending with
+    :meth:`StreamNormalizer.close`. The upstream is closed on every exit (a client
+    disconnect arrives here as cancellation), then ``on_close`` runs."""
+    loop = asyncio.get_running_loop()
+    resp, decoder = opened.resp, opened.decoder
+    events, eof = opened.first, opened.eof
+    event_deadline = total_deadline
     cause: str | None = None
     reuse = False
     try:
         while True:
-            deadline = event_deadline if event_deadline < total_deadline else total_deadline
-            try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await resp.read_chunk()
-            except TimeoutError:
-                cause = "total_timeout" if deadline == total_deadline else f"{phase}_timeout"
-                break
-            except UpstreamError:
-                cause = "upstream_disconnect"
-                break
-            events = decoder.feed(chunk) if chunk else decoder.flush()
             if events:
-                if phase == "first_token":
-                    phase = "idle"
                 event_deadline = loop.time() + timeouts.idle
                 frames = [f for ev in events for f in norm.feed(ev)]
                 if frames:
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
                 if norm.stop_reading or norm.errored:
                     break
-            if not chunk:
+            if eof:
                 if not norm.saw_done:
                     cause = "upstream_disconnect"
                 reuse = norm.saw_done
                 break
+            deadline = event_deadline if event_deadline < total_deadline else total_deadline
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await resp.read_chunk()
+            except TimeoutError:
+                cause = "total_timeout" if deadline == total_deadline else "idle_timeout"
+                break
+            except UpstreamError:
+                cause = "upstream_disconnect"
+                break
+            eof = not chunk
+            events = decoder.feed(chunk) if chunk else decoder.flush()
         if norm.stop_reading:
             cause = "stop_text"
     finally:
         resp.close(reuse=reuse)
+        if on_close is not None:
+            on_close()
+    yield norm.close(cause)
+
+
+async def ended(norm: StreamNormalizer, cause: str) -> AsyncIterator[bytes]:
+    """A stream that never got its first upstream event (every attempt timed out)."""
     yield norm.close(cause)
 
 

@@ -97,9 +97,12 @@ class UpstreamClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=None
         )
+        headers = _JSON_HEADERS
+        if backend.api_key:
+            headers = {**_JSON_HEADERS, "Authorization": f"Bearer {backend.api_key}"}
         try:
             resp = await self._session.post(
-                backend.url + path, data=body, headers=_JSON_HEADERS, timeout=timeout
+                backend.url + path, data=body, headers=headers, timeout=timeout
             )
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout("connect", connect_timeout) from None
@@ -116,3 +119,17 @@ class UpstreamClient:
                 resp.close()
             raise UpstreamStatusError(resp.status, err_body)
         return UpstreamResponse(resp)
+
+    async def probe(self, backend: Backend, seconds: float) -> bool:
+        """``GET /health`` of a backend: True for a 2xx within ``seconds``."""
+        assert self._session is not None, "UpstreamClient used outside its context"
+        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else None
+        try:
+            async with self._session.get(
+                backend.url + "/health",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+            ) as resp:
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
