@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,6 +39,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .metrics import GatewayMetrics, RequestRecord, StateCollector
 from .pool import BackendPool, BackendState
 from .profiles import Backend, Profile, ProfileSet, Timeouts, load_profiles
 from .protocol import Endpoint, error_body, error_body_for, parse_request
@@ -52,6 +56,7 @@ _UPSTREAM_PATH: dict[Endpoint, str] = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
 }
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -124,21 +129,32 @@ class Gateway:
     """Per-process state: the profile store and the upstream client."""
 
     def __init__(
-        self, settings: Settings, store: ProfileStore, upstream: UpstreamClient, pool: BackendPool
+        self,
+        settings: Settings,
+        store: ProfileStore,
+        upstream: UpstreamClient,
+        pool: BackendPool,
+        metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.upstream = upstream
         self.pool = pool
+        self.metrics = metrics
 
     @property
     def profiles(self) -> ProfileSet:
         return self.store.current
 
     async def handle(
-        self, raw: bytes, endpoint: Endpoint, headers: dict[bytes, bytes] | None = None
+        self,
+        raw: bytes,
+        endpoint: Endpoint,
+        headers: dict[bytes, bytes] | None = None,
+        rec: RequestRecord | None = None,
     ) -> Response:
         headers = headers or {}
+        rec = rec or RequestRecord(request_id(None), endpoint)
         body = parse_request(raw, endpoint)
         profiles = self.store.current  # one snapshot for the whole request
         variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
@@ -146,6 +162,10 @@ class Gateway:
         profile = profiles.get(name)
         if profile is None:
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        rec.model = profile.name
+        rec.stream = bool(body.get("stream"))
+        self.metrics.in_flight.labels(rec.model).inc()
+        rec.in_flight = True
         upstream_body, wants_usage = build_upstream_body(body, profile, endpoint)
         payload = orjson.dumps(upstream_body)
         t = profile.timeouts
@@ -156,6 +176,7 @@ class Gateway:
         out_headers = {"x-gateway-profile-version": profiles.version}
         tried: set[str] = set()
         last: UpstreamError | None = None
+        rec.overhead = time.perf_counter() - rec.started
         for _attempt in range(1 + profile.retries):
             if loop.time() >= total_deadline:
                 break
@@ -163,13 +184,19 @@ class Gateway:
             if backend is None:
                 break
             tried.add(backend.url)
+            rec.backend = backend.name
+            rec.retries = len(tried) - 1
             state = self.pool.state(backend)
             state.outstanding += 1
             try:
                 if stream:
-                    opened = await self._open_stream(backend, endpoint, payload, t, total_deadline)
+                    opened = await self._open_stream(
+                        backend, endpoint, payload, t, total_deadline, rec.request_id
+                    )
                 else:
-                    raw_resp = await self._fetch(backend, endpoint, payload, total_deadline, t)
+                    raw_resp = await self._fetch(
+                        backend, endpoint, payload, total_deadline, t, rec.request_id
+                    )
             except UpstreamError as exc:
                 state.outstanding -= 1
                 if isinstance(exc, UpstreamStatusError) and exc.status < 500:
@@ -185,20 +212,29 @@ class Gateway:
             if stream:
                 norm = self._normalizer(profile, endpoint, body, wants_usage)
 
-                def done(state: BackendState = state) -> None:
-                    state.outstanding -= 1
+                def done(n: StreamNormalizer, overhead: float, st: BackendState = state) -> None:
+                    st.outstanding -= 1
+                    self._stream_done(rec, n, overhead)
 
-                frames = relay(opened, norm, t, total_deadline, on_close=done)
+                gap = self.metrics.inter_chunk.labels(rec.model).observe
+                frames = relay(opened, norm, t, total_deadline, on_close=done, on_gap=gap)
                 return EventStreamResponse(frames, _sse_headers(out_headers))
             state.outstanding -= 1
-            return json_response(
-                self._finish_json(raw_resp, profile, endpoint), headers=out_headers
-            )
+            t_resp = time.perf_counter()
+            obj = self._finish_json(raw_resp, profile, endpoint)
+            response = json_response(obj, headers=out_headers)
+            rec.overhead += time.perf_counter() - t_resp
+            self._json_done(rec, obj)
+            return response
         if stream and isinstance(last, UpstreamTimeout) and last.phase in ("first_token", "total"):
             # Nothing reached the client and no backend produced a first token in time: the
             # stream contract still holds (a final chunk, then [DONE]).
             norm = self._normalizer(profile, endpoint, body, wants_usage)
-            frames = ended(norm, f"{last.phase}_timeout")
+            frames = ended(
+                norm,
+                f"{last.phase}_timeout",
+                on_close=lambda n, o: self._stream_done(rec, n, o),
+            )
             return EventStreamResponse(frames, _sse_headers(out_headers))
         if last is None:
             last = (
@@ -209,7 +245,13 @@ class Gateway:
         raise last
 
     async def _open_stream(
-        self, backend: Backend, endpoint: Endpoint, payload: bytes, t: Timeouts, total: float
+        self,
+        backend: Backend,
+        endpoint: Endpoint,
+        payload: bytes,
+        t: Timeouts,
+        total: float,
+        rid: str,
     ) -> Opened:
         loop = asyncio.get_running_loop()
         first_token = loop.time() + t.first_token
@@ -219,7 +261,11 @@ class Gateway:
         try:
             async with asyncio.timeout_at(deadline):
                 resp = await self.upstream.post(
-                    backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect
+                    backend,
+                    _UPSTREAM_PATH[endpoint],
+                    payload,
+                    connect_timeout=t.connect,
+                    request_id=rid,
                 )
             return await prime(resp, deadline)
         except TimeoutError:
@@ -234,12 +280,22 @@ class Gateway:
             raise
 
     async def _fetch(
-        self, backend: Backend, endpoint: Endpoint, payload: bytes, total: float, t: Timeouts
+        self,
+        backend: Backend,
+        endpoint: Endpoint,
+        payload: bytes,
+        total: float,
+        t: Timeouts,
+        rid: str,
     ) -> bytes:
         try:
             async with asyncio.timeout_at(total):
                 resp = await self.upstream.post(
-                    backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect
+                    backend,
+                    _UPSTREAM_PATH[endpoint],
+                    payload,
+                    connect_timeout=t.connect,
+                    request_id=rid,
                 )
                 try:
                     return await resp.read_all()
@@ -276,6 +332,47 @@ class Gateway:
             reasoning=profile.reasoning,
             assistant_prefix=profile.assistant_prefix,
         )
+
+    def finish(self, rec: RequestRecord) -> None:
+        """Observe a request once: metrics and the access-log line."""
+        if rec.done:
+            return
+        rec.done = True
+        if rec.in_flight:
+            self.metrics.in_flight.labels(rec.model).dec()
+        self.metrics.observe(rec)
+
+    def _stream_done(self, rec: RequestRecord, norm: StreamNormalizer, overhead: float) -> None:
+        rec.overhead += overhead
+        rec.cause = norm.cause
+        rec.finishes = norm.finishes
+        rec.usage = norm.usage
+        rec.stop_text_hits = norm.stop_text_hits
+        rec.reasoning_chars = norm.reasoning_chars
+        if norm.first_text_at is not None:
+            rec.ttft = norm.first_text_at - rec.started
+        if norm.first_content_at is not None:
+            rec.ttfc = norm.first_content_at - rec.started
+        self.finish(rec)
+
+    def _json_done(self, rec: RequestRecord, obj: dict[str, Any]) -> None:
+        for ch in obj.get("choices") or ():
+            final = ch.get("finish_reason")
+            rec.finishes.append((ch.get("upstream_finish_reason", final), final))
+            if ch.get("gateway_termination") == "stop_text":
+                rec.stop_text_hits += 1
+        usage = obj.get("usage")
+        rec.usage = usage if isinstance(usage, dict) else None
+        self.finish(rec)
+
+
+def request_id(given: bytes | None) -> str:
+    """The client's ``x-request-id`` if it is sane (bounded, safe characters), else a new one."""
+    if given:
+        value = given.decode("latin-1")[:128]
+        if _SAFE_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
 
 
 def _sse_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -332,30 +429,42 @@ class GatewayApp:
             endpoint = _HOT_ROUTES.get(scope["path"])
             if endpoint is not None:
                 gateway: Gateway = self.api.state.gateway
+                headers = dict(scope["headers"])
+                rec = RequestRecord(request_id(headers.get(b"x-request-id")), endpoint)
                 response: Response
                 try:
                     raw = await read_body(receive)
-                    response = await gateway.handle(raw, endpoint, dict(scope["headers"]))
+                    response = await gateway.handle(raw, endpoint, headers, rec)
                 except GatewayError as exc:
                     if exc.status >= 500:
                         log.warning("POST %s -> %d %s", scope["path"], exc.status, exc.code)
+                    rec.status, rec.error = exc.status, exc.code
+                    gateway.finish(rec)
                     response = error_response(exc)
                 except Exception:
                     log.exception("unhandled error on POST %s", scope["path"])
+                    rec.status, rec.error = 500, "internal_error"
+                    gateway.finish(rec)
                     response = json_response(
                         error_body("Internal gateway error", "server_error", code="internal_error"),
                         500,
                     )
+                response.headers["x-request-id"] = rec.request_id
                 await response(scope, receive, send)
                 return
         await self.api(scope, receive, send)
 
 
 def create_app(
-    settings: Settings, profiles: ProfileSet | None = None, tokenizers: TokenizerCache | None = None
+    settings: Settings,
+    profiles: ProfileSet | None = None,
+    tokenizers: TokenizerCache | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> GatewayApp:
-    """Build the app. ``profiles`` defaults to loading ``settings.config`` at start-up."""
+    """Build the app. ``profiles`` defaults to loading ``settings.config`` at start-up;
+    metrics go to ``registry`` (a fresh one by default)."""
     tokenizer_cache = tokenizers or TokenizerCache()
+    metrics = GatewayMetrics(registry or CollectorRegistry())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -367,6 +476,7 @@ def create_app(
         is_file = await asyncio.to_thread(Path(settings.config).is_file)
         path = settings.config if is_file else None
         store = ProfileStore(path, snapshot, tokenizer_cache)
+        store.on_result = lambda result: metrics.reloads.labels(result).inc()
         loop = asyncio.get_running_loop()
         sighup = False
         if path is not None:
@@ -380,7 +490,7 @@ def create_app(
         async with UpstreamClient(max_connections=settings.max_upstream_connections) as up:
             pool = BackendPool(snapshot.health, up.probe)
             pool.start(lambda: store.current)
-            app.state.gateway = Gateway(settings, store, up, pool)
+            app.state.gateway = Gateway(settings, store, up, pool, metrics)
             log.info(
                 "serving %d model(s), profile version %s", len(snapshot.models), snapshot.version
             )
@@ -473,6 +583,19 @@ def create_app(
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/completions", completions, methods=["POST"])
     app.add_route("/v1/models", models, methods=["GET"])
+
+    async def metrics_route(request: Request) -> Response:
+        g = gw(request)
+        up = [
+            (name, b.name, g.pool.available(b))
+            for name, p in g.profiles.models.items()
+            if p.variant is None
+            for b in p.backends
+        ]
+        body = g.metrics.exposition([StateCollector(up, g.profiles.version)])
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    app.add_route("/metrics", metrics_route, methods=["GET"])
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/ready", ready, methods=["GET"])
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ProfileError
@@ -38,6 +39,8 @@ class ProfileStore:
         self._watcher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
+        #: called with "applied" | "unchanged" | "refused" after each reload
+        self.on_result: Callable[[str], None] = lambda result: None
 
     async def reload(self, trigger: str) -> ProfileSet:
         """Reload from ``path``; raises :class:`ProfileError` (old snapshot kept)."""
@@ -48,6 +51,7 @@ class ProfileStore:
                 new = await asyncio.to_thread(load_profiles, self.path, self.tokenizers.resolve)
             except ProfileError as exc:
                 self.counts["refused"] += 1
+                self.on_result("refused")
                 self.last_error = exc.errors
                 log.error(
                     "profile reload (%s) refused, still serving version %s: %s",
@@ -59,9 +63,11 @@ class ProfileStore:
             self.last_error = None
             if new.version == self.current.version:
                 self.counts["unchanged"] += 1
+                self.on_result("unchanged")
                 return self.current
             old, self.current, self.loaded_at = self.current.version, new, time.time()
             self.counts["applied"] += 1
+            self.on_result("applied")
             log.info(
                 "profiles reloaded (%s): version %s -> %s, %d model(s)",
                 trigger,

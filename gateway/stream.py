@@ -90,6 +90,12 @@ class StreamNormalizer:
         self.usage: dict[str, Any] | None = None
         #: the gateway's termination cause, once :meth:`close` ran
         self.cause: str | None = None
+        #: (upstream finish_reason, normalized) of each choice, as they end
+        self.finishes: list[tuple[Any, str]] = []
+        #: perf_counter() when the first text / the first answer (content) text went out
+        self.first_text_at: float | None = None
+        self.first_content_at: float | None = None
+        self.stop_text_hits = 0
 
     def _choice(self, index: int) -> _Choice:
         st = self._choices.get(index)
@@ -159,6 +165,8 @@ class StreamNormalizer:
                 kept.append(ch)
         if not kept:
             return []
+        if self.first_content_at is None:
+            self._note_first_text(kept)
         obj["choices"] = kept
         if self._all_finished and any(c.matcher and c.matcher.hit for c in self._choices.values()):
             self.stop_reading = True
@@ -185,6 +193,7 @@ class StreamNormalizer:
                 ch["stop_reason"] = m.matched
                 ch["upstream_finish_reason"] = reason
                 ch["gateway_termination"] = "stop_text"
+                self.stop_text_hits += 1
         rs = st.reasoning
         if rs is not None:
             rs.delta(holder)
@@ -197,12 +206,34 @@ class StreamNormalizer:
                     ch["upstream_finish_reason"] = reason
             if rs is not None:
                 rs.finish(holder, ch, ch["finish_reason"])
+            self.finishes.append((reason, ch["finish_reason"]))
             return True
         if self.chat and isinstance(text, str) and text:
             # The text was held back (stop-text prefix, partial tag) or hidden: send a chunk
             # only if something is left in it.
             return any(v for k, v in holder.items() if k != "role")
         return True
+
+    def _note_first_text(self, choices: list[dict[str, Any]]) -> None:
+        for ch in choices:
+            holder = ch.get("delta") if self.chat else ch
+            if not isinstance(holder, dict):
+                continue
+            key = "content" if self.chat else "text"
+            if holder.get(key):
+                now = time.perf_counter()
+                self.first_content_at = now
+                if self.first_text_at is None:
+                    self.first_text_at = now
+                return
+            if self.first_text_at is None and any(
+                isinstance(v, str) and v for k, v in holder.items() if k not in ("role", key)
+            ):
+                self.first_text_at = time.perf_counter()
+
+    @property
+    def reasoning_chars(self) -> int:
+        return sum(c.reasoning.chars for c in self._choices.values() if c.reasoning)
 
     def _error(self, message: str, code: str) -> list[bytes]:
         self.errored = True
@@ -211,6 +242,8 @@ class StreamNormalizer:
     def close(self, cause: str | None) -> bytes:
         """The end of the stream: owed final chunks, the held usage chunk, ``[DONE]``."""
         self.cause = cause
+        if cause in ("client_disconnect", "gateway_error"):
+            return b""  # nobody to send it to / not ours to finish
         if self.errored:
             return DONE_FRAME
         finish = _CAUSE_FINISH.get(cause or "", "stop")
@@ -238,6 +271,7 @@ class StreamNormalizer:
             choice["upstream_finish_reason"] = None
             if cause:
                 choice["gateway_termination"] = cause
+            self.finishes.append((None, finish))
             frames.append(sse_frame(self._envelope([choice])))
         if self._usage_frame is not None:
             frames.append(self._usage_frame)
@@ -284,27 +318,42 @@ async def prime(resp: Any, deadline: float) -> Opened:
             return Opened(resp, decoder, events, eof=False)
 
 
+OnClose = Callable[[StreamNormalizer, float], None]
+
+
 async def relay(
     opened: Opened,
     norm: StreamNormalizer,
     timeouts: Timeouts,
     total_deadline: float,
-    on_close: Callable[[], None] | None = None,
+    *,
+    on_close: OnClose | None = None,
+    on_gap: Callable[[float], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Client frames from a primed upstream stream, always ending with
     :meth:`StreamNormalizer.close`. The upstream is closed on every exit (a client
-    disconnect arrives here as cancellation), then ``on_close`` runs."""
+    disconnect arrives here as cancellation); then ``on_close(norm, overhead)`` runs once,
+    with the seconds spent processing chunks. ``on_gap`` gets the time between upstream
+    events."""
     loop = asyncio.get_running_loop()
+    perf = time.perf_counter
     resp, decoder = opened.resp, opened.decoder
     events, eof = opened.first, opened.eof
     event_deadline = total_deadline
     cause: str | None = None
     reuse = False
+    overhead = 0.0
+    last_event = perf()
     try:
         while True:
             if events:
+                t0 = perf()
+                if on_gap is not None:
+                    on_gap(t0 - last_event)
+                last_event = t0
                 event_deadline = loop.time() + timeouts.idle
                 frames = [f for ev in events for f in norm.feed(ev)]
+                overhead += perf() - t0
                 if frames:
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
                 if norm.stop_reading or norm.errored:
@@ -328,16 +377,28 @@ async def relay(
             events = decoder.feed(chunk) if chunk else decoder.flush()
         if norm.stop_reading:
             cause = "stop_text"
+        elif norm.errored:
+            cause = "upstream_error"
+    except BaseException as exc:
+        disconnect = isinstance(exc, asyncio.CancelledError | GeneratorExit)
+        cause = "client_disconnect" if disconnect else "gateway_error"
+        raise
     finally:
         resp.close(reuse=reuse)
+        tail = norm.close(cause)
         if on_close is not None:
-            on_close()
-    yield norm.close(cause)
+            on_close(norm, overhead)
+    yield tail
 
 
-async def ended(norm: StreamNormalizer, cause: str) -> AsyncIterator[bytes]:
+async def ended(
+    norm: StreamNormalizer, cause: str, on_close: OnClose | None = None
+) -> AsyncIterator[bytes]:
     """A stream that never got its first upstream event (every attempt timed out)."""
-    yield norm.close(cause)
+    tail = norm.close(cause)
+    if on_close is not None:
+        on_close(norm, 0.0)
+    yield tail
 
 
 def normalize_response(

@@ -85,7 +85,13 @@ class UpstreamClient:
             self._session = None
 
     async def post(
-        self, backend: Backend, path: str, body: bytes, *, connect_timeout: float
+        self,
+        backend: Backend,
+        path: str,
+        body: bytes,
+        *,
+        connect_timeout: float,
+        request_id: str | None = None,
     ) -> UpstreamResponse:
         """POST ``body``; return the response once its headers arrived.
 
@@ -97,9 +103,11 @@ class UpstreamClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=None
         )
-        headers = _JSON_HEADERS
+        headers = dict(_JSON_HEADERS)
         if backend.api_key:
-            headers = {**_JSON_HEADERS, "Authorization": f"Bearer {backend.api_key}"}
+            headers["Authorization"] = f"Bearer {backend.api_key}"
+        if request_id:
+            headers["X-Request-Id"] = request_id
         try:
             resp = await self._session.post(
                 backend.url + path, data=body, headers=headers, timeout=timeout
