@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import ProfileError
@@ -57,7 +58,43 @@ def _run(settings: Settings, profiles: ProfileSet, tokenizers: TokenizerCache) -
 def cmd_serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env(host=args.host, port=args.port, config=args.config)
     tokenizers = TokenizerCache()
-    _run(settings, _load_or_exit(settings.config, tokenizers), tokenizers)
+    profiles = _load_or_exit(settings.config, tokenizers)  # refuse a bad file before starting
+    workers = args.workers or int(os.environ.get("GATEWAY_WORKERS", "1"))
+    if workers <= 1:
+        _run(settings, profiles, tokenizers)
+        return
+    _run_workers(settings, workers)
+
+
+def _run_workers(settings: Settings, workers: int) -> None:
+    """Several uvicorn worker processes; metrics merged through prometheus-client's
+    multiprocess mode (one directory shared by the workers, emptied at start)."""
+    import uvicorn
+
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    cleanup = None
+    if not metrics_dir:
+        cleanup = tempfile.TemporaryDirectory(prefix="gateway-metrics-")
+        metrics_dir = cleanup.name
+    else:
+        for stale in Path(metrics_dir).glob("*.db"):
+            stale.unlink()
+    # The workers are fresh interpreters: they read everything from the environment.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["GATEWAY_CONFIG"] = settings.config
+    try:
+        uvicorn.run(
+            "gateway.app:app_from_env",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        if cleanup is not None:
+            cleanup.cleanup()
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -141,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default $GATEWAY_WORKERS or 1)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="gateway + simulated vLLM backend, no GPU needed")

@@ -627,3 +627,8 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
     return GatewayApp(app)
+
+
+def app_from_env() -> GatewayApp:
+    """The app for ``uvicorn --factory`` (worker processes): settings from the environment."""
+    return create_app(Settings.from_env())

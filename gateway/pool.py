@@ -204,6 +204,9 @@ class BackendPool:
             self.health = current.health
             if self.health.interval > 0:
                 await self.check_once(current.backends())
+            else:  # active checks turned off: their last verdict must not linger
+                for st in self._states.values():
+                    st.healthy, st.needs_probe = True, False
             await asyncio.sleep(self.health.interval or 1.0)
 
     async def aclose(self) -> None:
