@@ -176,10 +176,12 @@ models:
         ]
         if args.pin:
             gw_cmd = ["taskset", "-c", "1", *gw_cmd]
-        env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning"}
+        # The access log stays on (INFO): it is part of the per-request cost in production.
+        env = {**os.environ, "GATEWAY_LOG_LEVEL": "info", "GATEWAY_WATCH": "0"}
         try:
             procs.append(subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, cwd=ROOT))
-            procs.append(subprocess.Popen(gw_cmd, stdout=subprocess.DEVNULL, env=env, cwd=ROOT))
+            procs.append(subprocess.Popen(gw_cmd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, env=env, cwd=ROOT))
             wait_up(f"http://127.0.0.1:{sim_port}/health")
             wait_up(f"http://127.0.0.1:{gw_port}/health")
             gw_pid = procs[1].pid

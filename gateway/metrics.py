@@ -70,11 +70,24 @@ class RequestRecord:
     done: bool = False
 
 
+@dataclass(slots=True)
+class _Children:
+    """Labelled children cached per (model, stream): ``labels()`` is not free."""
+
+    duration: Any
+    ttft: Any
+    ttfc: Any
+    prompt: Any
+    completion: Any
+
+
 class GatewayMetrics:
     """Every metric of the gateway, registered on ``registry`` (one per app, never global)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._cache: dict[tuple[str, str], _Children] = {}
+        self._requests: dict[tuple[str, str, str, int], Any] = {}
         r = registry
         self.requests = Counter(
             "gateway_requests",
@@ -148,16 +161,36 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def _children(self, model: str, stream: str) -> _Children:
+        key = (model, stream)
+        kids = self._cache.get(key)
+        if kids is None:
+            kids = self._cache[key] = _Children(
+                duration=self.duration.labels(model, stream),
+                ttft=self.ttft.labels(model),
+                ttfc=self.ttfc.labels(model),
+                prompt=self.tokens.labels(model, "prompt"),
+                completion=self.tokens.labels(model, "completion"),
+            )
+        return kids
+
     def observe(self, rec: RequestRecord) -> None:
         duration = time.perf_counter() - rec.started
         stream = "true" if rec.stream else "false"
         m = rec.model
-        self.requests.labels(m, rec.backend, stream, str(rec.status)).inc()
-        self.duration.labels(m, stream).observe(duration)
+        kids = self._children(m, stream)
+        key = (m, rec.backend, stream, rec.status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(
+                m, rec.backend, stream, str(rec.status)
+            )
+        counter.inc()
+        kids.duration.observe(duration)
         if rec.ttft is not None:
-            self.ttft.labels(m).observe(rec.ttft)
+            kids.ttft.observe(rec.ttft)
         if rec.ttfc is not None:
-            self.ttfc.labels(m).observe(rec.ttfc)
+            kids.ttfc.observe(rec.ttfc)
         for upstream, normalized in rec.finishes:
             self.finish.labels(
                 m, str(upstream) if upstream is not None else "none", normalized
@@ -169,15 +202,18 @@ class GatewayMetrics:
             self.stop_text.labels(m).inc(rec.stop_text_hits)
         if rec.retries:
             self.retries.labels(m).inc(rec.retries)
-        usage = rec.usage or {}
-        for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
-            value = usage.get(key)
-            if isinstance(value, int) and value > 0:
-                self.tokens.labels(m, kind).inc(value)
-        details = usage.get("completion_tokens_details") or {}
-        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-        if isinstance(reasoning, int) and reasoning > 0:
-            self.tokens.labels(m, "reasoning").inc(reasoning)
+        usage = rec.usage
+        if usage:
+            prompt = usage.get("prompt_tokens")
+            if isinstance(prompt, int) and prompt > 0:
+                kids.prompt.inc(prompt)
+            completion = usage.get("completion_tokens")
+            if isinstance(completion, int) and completion > 0:
+                kids.completion.inc(completion)
+            details = usage.get("completion_tokens_details")
+            reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+            if isinstance(reasoning, int) and reasoning > 0:
+                self.tokens.labels(m, "reasoning").inc(reasoning)
         self.overhead.observe(rec.overhead)
         log_access(rec, duration)
 
@@ -217,9 +253,40 @@ class StateCollector:
         yield info
 
 
+_TEXT_LINE = (
+    "request_id=%s endpoint=%s model=%s backend=%s stream=%s status=%s finish_reason=%s "
+    "upstream_finish_reason=%s ttft_s=%s duration_s=%.4f prompt_tokens=%s "
+    "completion_tokens=%s termination=%s retries=%s error=%s"
+)
+
+
 def log_access(rec: RequestRecord, duration: float) -> None:
     """One structured line per request; never prompt text or secrets."""
     if not access_log.isEnabledFor(logging.INFO):
+        return
+    usage = rec.usage or {}
+    finishes = [n for _, n in rec.finishes]
+    upstream = [u for u, _ in rec.finishes]
+    ttft = None if rec.ttft is None else round(rec.ttft, 4)
+    if os.environ.get("GATEWAY_LOG_FORMAT", "text") != "json":
+        access_log.info(
+            _TEXT_LINE,
+            rec.request_id,
+            rec.endpoint,
+            rec.model,
+            rec.backend,
+            rec.stream,
+            rec.status,
+            finishes,
+            upstream,
+            ttft,
+            duration,
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            rec.cause,
+            rec.retries,
+            rec.error,
+        )
         return
     fields = {
         "request_id": rec.request_id,
@@ -228,17 +295,14 @@ def log_access(rec: RequestRecord, duration: float) -> None:
         "backend": rec.backend,
         "stream": rec.stream,
         "status": rec.status,
-        "finish_reason": [n for _, n in rec.finishes],
-        "upstream_finish_reason": [u for u, _ in rec.finishes],
-        "ttft_s": None if rec.ttft is None else round(rec.ttft, 4),
+        "finish_reason": finishes,
+        "upstream_finish_reason": upstream,
+        "ttft_s": ttft,
         "duration_s": round(duration, 4),
-        "prompt_tokens": (rec.usage or {}).get("prompt_tokens"),
-        "completion_tokens": (rec.usage or {}).get("completion_tokens"),
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
         "termination": rec.cause,
         "retries": rec.retries,
         "error": rec.error,
     }
-    if os.environ.get("GATEWAY_LOG_FORMAT", "text") == "json":
-        access_log.info(json.dumps(fields, separators=(",", ":")))
-    else:
-        access_log.info(" ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, [])))
+    access_log.info(json.dumps(fields, separators=(",", ":")))
