@@ -20,6 +20,7 @@ serve: $(VENV)/.installed  ## gateway in front of the vLLM servers named in mode
 test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) included
 	$(VENV)/bin/gateway check model_profiles.yaml > /dev/null
 	scripts/install-vllm.sh $(VLLM_VENV)
+	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
 test-fast: $(VENV)/.installed  ## everything but the real-vLLM tests (about 10 s)
