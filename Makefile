@@ -23,8 +23,8 @@ test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) included
 	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
-test-fast: $(VENV)/.installed  ## everything but the real-vLLM tests (about 10 s)
-	$(VENV)/bin/python -m pytest -m "not vllm"
+test-fast: $(VENV)/.installed  ## no real vLLM, nothing slow (about a minute)
+	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) $(VENV)/bin/python -m pytest -m "not vllm and not slow"
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench.py --pin

@@ -14,7 +14,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,19 @@ from .pool import BackendPool, BackendState
 from .profiles import Backend, Profile, ProfileSet, Timeouts, load_profiles
 from .protocol import Endpoint, error_body, error_body_for, parse_request
 from .reload import ProfileStore
+from .security import (
+    ClientKey,
+    ConcurrencyGate,
+    KeyRing,
+    RateLimiter,
+    TooManyRequests,
+    allows,
+    digest,
+)
 from .settings import Settings
 from .stream import Opened, StreamNormalizer, ended, normalize_response, prime, relay
 from .tokens import TokenizerCache
-from .transform import build_upstream_body
+from .transform import build_upstream_body, check_request
 from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
@@ -79,7 +88,8 @@ def error_response(exc: GatewayError) -> Response:
             text = exc.body.decode("utf-8", "replace")[:2000] or exc.message
             body = error_body(text, "upstream_error", code=exc.status)
         return json_response(body, exc.status)
-    return json_response(error_body_for(exc), exc.status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+    return json_response(error_body_for(exc), exc.status, headers)
 
 
 class EventStreamResponse(Response):
@@ -90,10 +100,17 @@ class EventStreamResponse(Response):
     upstream at once, even while the upstream is silent.
     """
 
-    def __init__(self, stream: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        stream: AsyncIterator[bytes],
+        headers: list[tuple[bytes, bytes]],
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
         self.status_code = 200
         self.stream = stream
         self.raw_headers = headers
+        #: runs last, whatever happened (even if the stream never started): idempotent
+        self.cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -120,6 +137,8 @@ class EventStreamResponse(Response):
         finally:
             watcher.cancel()
             await self.stream.aclose()  # type: ignore[attr-defined]
+            if self.cleanup is not None:
+                self.cleanup()
 
 
 VARIANT_HEADER = b"x-gateway-variant"
@@ -141,6 +160,22 @@ class Gateway:
         self.upstream = upstream
         self.pool = pool
         self.metrics = metrics
+        self.gate = ConcurrencyGate()
+        self._env_keys = [ClientKey(digest(k)) for k in settings.api_keys]
+        self._keyring: tuple[str, KeyRing] | None = None
+        self._rate: RateLimiter | None = None
+
+    def keyring(self, snapshot: ProfileSet) -> KeyRing:
+        """Keys from the environment plus the snapshot's keys file (rebuilt on reload)."""
+        if self._keyring is None or self._keyring[0] != snapshot.version:
+            keys = [*self._env_keys, *(ClientKey(d, m) for d, m in snapshot.key_digests)]
+            self._keyring = (snapshot.version, KeyRing(keys))
+        return self._keyring[1]
+
+    def rate_limiter(self, storage: str) -> RateLimiter:
+        if self._rate is None or self._rate.storage_uri != storage:
+            self._rate = RateLimiter(storage)
+        return self._rate
 
     @property
     def profiles(self) -> ProfileSet:
@@ -152,6 +187,7 @@ class Gateway:
         endpoint: Endpoint,
         headers: dict[bytes, bytes] | None = None,
         rec: RequestRecord | None = None,
+        key: ClientKey | None = None,
     ) -> Response:
         headers = headers or {}
         rec = rec or RequestRecord(request_id(None), endpoint)
@@ -160,8 +196,10 @@ class Gateway:
         variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
         name = f"{body['model']}:{variant}" if variant else body["model"]
         profile = profiles.get(name)
-        if profile is None:
+        if profile is None or not allows(key, profile.name):
+            # a model the key may not use looks exactly like one that does not exist
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        check_request(body, endpoint, profile, profiles.limits)
         rec.model = profile.name
         rec.stream = bool(body.get("stream"))
         self.metrics.in_flight.labels(rec.model).inc()
@@ -172,7 +210,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         total_deadline = loop.time() + t.total
         stream = bool(body.get("stream"))
-        key = affinity_key(profile, body, headers)
+        sticky = affinity_key(profile, body, headers)
         out_headers = {"x-gateway-profile-version": profiles.version}
         tried: set[str] = set()
         last: UpstreamError | None = None
@@ -180,7 +218,7 @@ class Gateway:
         for _attempt in range(1 + profile.retries):
             if loop.time() >= total_deadline:
                 break
-            backend = self.pool.pick(profile.backends, tried, key)
+            backend = self.pool.pick(profile.backends, tried, sticky)
             if backend is None:
                 break
             tried.add(backend.url)
@@ -211,14 +249,9 @@ class Gateway:
             out_headers["x-gateway-backend"] = backend.name
             if stream:
                 norm = self._normalizer(profile, endpoint, body, wants_usage)
-
-                def done(n: StreamNormalizer, overhead: float, st: BackendState = state) -> None:
-                    st.outstanding -= 1
-                    self._stream_done(rec, n, overhead)
-
-                gap = self.metrics.inter_chunk.labels(rec.model).observe
-                frames = relay(opened, norm, t, total_deadline, on_close=done, on_gap=gap)
-                return EventStreamResponse(frames, _sse_headers(out_headers))
+                return self._stream_response(
+                    rec, state, opened, norm, t, total_deadline, out_headers
+                )
             state.outstanding -= 1
             t_resp = time.perf_counter()
             obj = self._finish_json(raw_resp, profile, endpoint)
@@ -243,6 +276,36 @@ class Gateway:
                 else UpstreamUnavailable(f"no backend available for `{profile.name}`")
             )
         raise last
+
+    def _stream_response(
+        self,
+        rec: RequestRecord,
+        state: BackendState,
+        opened: Opened,
+        norm: StreamNormalizer,
+        t: Timeouts,
+        total_deadline: float,
+        out_headers: dict[str, str],
+    ) -> EventStreamResponse:
+        """The client's stream; its end is accounted exactly once, however it ends."""
+        closed = False
+
+        def done(n: StreamNormalizer, overhead: float) -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                state.outstanding -= 1
+                self._stream_done(rec, n, overhead)
+
+        def abandon() -> None:
+            if not closed:  # the client left before the stream even started
+                opened.resp.close(reuse=False)
+                norm.close("client_disconnect")
+                done(norm, 0.0)
+
+        gap = self.metrics.inter_chunk.labels(rec.model).observe
+        frames = relay(opened, norm, t, total_deadline, on_close=done, on_gap=gap)
+        return EventStreamResponse(frames, _sse_headers(out_headers), cleanup=abandon)
 
     async def _open_stream(
         self,
@@ -338,6 +401,8 @@ class Gateway:
         if rec.done:
             return
         rec.done = True
+        if rec.slot is not None:
+            self.gate.release(rec.slot)
         if rec.in_flight:
             self.metrics.in_flight.labels(rec.model).dec()
         self.metrics.observe(rec)
@@ -396,15 +461,29 @@ def affinity_key(profile: Profile, body: dict[str, Any], headers: dict[bytes, by
     return None
 
 
-async def read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive, limit: int) -> bytes:
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise asyncio.CancelledError  # the client left before sending its request
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body larger than {limit} bytes.")
 
 
 _HOT_ROUTES: dict[str, Endpoint] = {
@@ -433,8 +512,23 @@ class GatewayApp:
                 rec = RequestRecord(request_id(headers.get(b"x-request-id")), endpoint)
                 response: Response
                 try:
-                    raw = await read_body(receive)
-                    response = await gateway.handle(raw, endpoint, headers, rec)
+                    snapshot = gateway.store.current
+                    limits = snapshot.limits
+                    key = gateway.keyring(snapshot).authenticate(headers.get(b"authorization"))
+                    declared = headers.get(b"content-length", b"")
+                    if declared.isdigit() and int(declared) > limits.max_body_bytes:
+                        raise RequestTooLarge(limits.max_body_bytes)
+                    who = key.id if key else (scope.get("client") or ("anonymous",))[0]
+                    if limits.key_rate:
+                        await gateway.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
+                    gateway.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
+                    rec.slot = who
+                    raw = await read_body(receive, limits.max_body_bytes)
+                    response = await gateway.handle(raw, endpoint, headers, rec, key)
+                except asyncio.CancelledError:
+                    rec.status = 499  # the client went away before its answer started
+                    gateway.finish(rec)
+                    raise
                 except GatewayError as exc:
                     if exc.status >= 500:
                         log.warning("POST %s -> %d %s", scope["path"], exc.status, exc.code)

@@ -68,6 +68,8 @@ class RequestRecord:
     #: counted in the in-flight gauge (to be released once)
     in_flight: bool = False
     done: bool = False
+    #: who holds a concurrency slot (released once, at the end)
+    slot: str | None = None
 
 
 @dataclass(slots=True)

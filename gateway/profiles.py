@@ -54,6 +54,39 @@ class HealthSpec(_Strict):
     cooloff: float = Field(default=10, ge=0)
 
 
+class AuthSpec(_Strict):
+    #: sha256 digests of client keys, one per line, optionally "<digest> model-a,model-b";
+    #: relative to the profile file's directory
+    keys_file: str | None = None
+
+
+class LimitsSpec(_Strict):
+    """Front-door limits (in-flight and memory-backed rate counters are per replica)."""
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(default=2048, ge=1)
+    #: characters over all message contents (chat) or the prompt (completions)
+    max_prompt_chars: int = Field(default=4_000_000, ge=1)
+    max_in_flight: int = Field(default=1024, ge=1)
+    key_max_in_flight: int = Field(default=256, ge=1)
+    #: requests per key (per client address without keys), e.g. "600/minute"
+    key_rate: str | None = None
+    #: ``limits`` storage: memory:// (per replica) or redis://host:6379 (shared)
+    rate_storage: str = "memory://"
+
+    @field_validator("key_rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None:
+            from limits import parse
+
+            try:
+                parse(v)
+            except ValueError:
+                raise ValueError(f"not a rate like '600/minute': {v!r}") from None
+        return v
+
+
 class TimeoutOverrides(_Strict):
     connect: float | None = Field(default=None, gt=0)
     first_token: float | None = Field(default=None, gt=0)
@@ -151,6 +184,12 @@ class ModelSpec(_Strict):
     #: none | prefix (hash of system + first user turn) | header (``affinity_header``)
     affinity: Literal["none", "prefix", "header"] = "none"
     affinity_header: str = "x-session-id"
+    #: largest max_tokens a client may ask for (also applied when it asks for none)
+    max_tokens_limit: int | None = Field(default=None, ge=1)
+    #: clamp: lower it to the limit; reject: 400
+    max_tokens_policy: Literal["clamp", "reject"] = "clamp"
+    #: largest ``n`` (choices per request)
+    max_n: int = Field(default=4, ge=1, le=128)
 
     @field_validator("stop_token_ids")
     @classmethod
@@ -189,6 +228,8 @@ class ModelSpec(_Strict):
 class ProfileFile(_Strict):
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
     models: dict[str, ModelSpec] = Field(min_length=1)
 
     @field_validator("models")
@@ -249,6 +290,9 @@ class Profile:
     retries: int = 2
     affinity: Literal["none", "prefix", "header"] = "none"
     affinity_header: str = "x-session-id"
+    max_tokens_limit: int | None = None
+    max_tokens_policy: Literal["clamp", "reject"] = "clamp"
+    max_n: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +304,9 @@ class ProfileSet:
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     health: HealthSpec = field(default_factory=HealthSpec)
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
+    #: (sha256 digest, allowed models or None) from ``auth.keys_file``
+    key_digests: tuple[tuple[bytes, frozenset[str] | None], ...] = ()
 
     def backends(self) -> list[Backend]:
         """Every backend of every profile, once per URL."""
@@ -390,6 +437,9 @@ def _resolve_one(
         retries=m.retries,
         affinity=m.affinity,
         affinity_header=m.affinity_header.lower(),
+        max_tokens_limit=m.max_tokens_limit,
+        max_tokens_policy=m.max_tokens_policy,
+        max_n=m.max_n,
     )
 
 
@@ -439,7 +489,58 @@ def parse_profiles(
         raise ProfileError([_describe(e) for e in exc.errors(include_url=False)]) from None
     version = content_version(text)
     models = _resolve(spec, data, resolver)
-    return ProfileSet(models=models, version=version, source=source, raw=data, health=spec.health)
+    keys: tuple[tuple[bytes, frozenset[str] | None], ...] = ()
+    if spec.auth.keys_file:
+        keys_path = Path(spec.auth.keys_file)
+        if not keys_path.is_absolute() and source not in ("<string>", "<test>", "<demo>"):
+            keys_path = Path(source).parent / keys_path
+        keys = read_keys_file(keys_path, set(models))
+        version = content_version(text + "".join(d.hex() for d, _ in keys))
+    return ProfileSet(
+        models=models,
+        version=version,
+        source=source,
+        raw=data,
+        health=spec.health,
+        limits=spec.limits,
+        key_digests=keys,
+    )
+
+
+def read_keys_file(
+    path: Path, known_models: set[str]
+) -> tuple[tuple[bytes, frozenset[str] | None], ...]:
+    """``auth.keys_file``: ``<sha256 hex> [model,model]`` per line; ``#`` comments."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ProfileError([f"auth.keys_file: cannot read {path}: {reason}"]) from None
+    keys = []
+    errors = []
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        hexdigest, _, rest = line.partition(" ")
+        try:
+            raw = bytes.fromhex(hexdigest)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            errors.append(f"auth.keys_file line {n}: not a sha256 hex digest")
+            continue
+        models = None
+        if rest.strip():
+            models = frozenset(m.strip() for m in rest.split(",") if m.strip())
+            unknown = sorted(models - known_models)
+            if unknown:
+                errors.append(f"auth.keys_file line {n}: unknown model(s) {', '.join(unknown)}")
+                continue
+        keys.append((raw, models))
+    if errors:
+        raise ProfileError(errors)
+    return tuple(keys)
 
 
 def content_version(text: str) -> str:

@@ -17,6 +17,8 @@ class Settings:
     max_upstream_connections: int = 1000
     #: bearer token for /admin/* (``GATEWAY_ADMIN_TOKEN``); unset = admin routes are off
     admin_token: str | None = None
+    #: client API keys (``GATEWAY_API_KEYS``, comma-separated); kept only as digests later
+    api_keys: tuple[str, ...] = ()
     #: reload the profile file when it changes (``GATEWAY_WATCH=0`` turns it off)
     watch: bool = True
 
@@ -28,6 +30,7 @@ class Settings:
             "config": "GATEWAY_CONFIG",
             "log_level": "GATEWAY_LOG_LEVEL",
             "admin_token": "GATEWAY_ADMIN_TOKEN",
+            "api_keys": "GATEWAY_API_KEYS",
             "watch": "GATEWAY_WATCH",
         }
         values: dict[str, object] = {}
@@ -39,6 +42,8 @@ class Settings:
                 values[key] = int(raw)
             elif key == "watch":
                 values[key] = raw.lower() not in ("0", "false", "no", "off")
+            elif key == "api_keys":
+                values[key] = tuple(k.strip() for k in raw.split(",") if k.strip())
             else:
                 values[key] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .profiles import Profile
+from .errors import RequestError
+from .profiles import LimitsSpec, Profile
 
 
 def _text_of(content: Any) -> str:
@@ -138,3 +139,55 @@ def build_upstream_body(
         opts["include_usage"] = True
         out["stream_options"] = opts
     return out, wants_usage
+
+
+def _chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(p) if isinstance(p, str) else _chars(p.get("text")) if isinstance(p, dict) else 0
+            for p in content
+        )
+    return 0
+
+
+def check_request(
+    body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec
+) -> None:
+    """Size limits, ``n`` and ``max_tokens`` rules; clamps ``max_tokens`` in ``body``.
+
+    Raises :class:`RequestError` (400) naming the field."""
+    if endpoint == "chat":
+        messages = body["messages"]
+        if len(messages) > limits.max_messages:
+            raise RequestError(
+                f"messages: at most {limits.max_messages} messages, got {len(messages)}",
+                param="messages",
+            )
+        chars = sum(_chars(m.get("content")) for m in messages)
+    else:
+        chars = _chars(body.get("prompt"))
+    if chars > limits.max_prompt_chars:
+        raise RequestError(
+            f"the prompt has {chars} characters, more than the limit of {limits.max_prompt_chars}",
+            param="messages" if endpoint == "chat" else "prompt",
+        )
+    n = body.get("n") or 1
+    if n > profile.max_n:
+        raise RequestError(f"n: at most {profile.max_n} for this model, got {n}", param="n")
+    limit = profile.max_tokens_limit
+    if limit is None:
+        return
+    asked = False
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        asked = True
+        if value > limit:
+            if profile.max_tokens_policy == "reject":
+                raise RequestError(f"{key}: at most {limit} for this model, got {value}", param=key)
+            body[key] = limit
+    if not asked:
+        body["max_tokens"] = limit

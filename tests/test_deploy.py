@@ -171,6 +171,7 @@ def test_dockerfile_lints_clean() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_dockerfile_command_works_from_a_fresh_venv(tmp_path: Path) -> None:
     """What the image does, minus Docker: pip install . into a new venv, run its entrypoint
