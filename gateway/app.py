@@ -588,6 +588,11 @@ def create_app(
             log.info(
                 "serving %d model(s), profile version %s", len(snapshot.models), snapshot.version
             )
+            if not settings.api_keys and not snapshot.key_digests:
+                log.warning(
+                    "no client API keys configured: the gateway serves anyone who can reach "
+                    "it (set GATEWAY_API_KEYS or auth.keys_file)"
+                )
             if settings.admin_token is None:
                 log.info("admin routes are off (set GATEWAY_ADMIN_TOKEN to enable /admin/*)")
             try:
@@ -612,10 +617,15 @@ def create_app(
         return await gw(request).handle(await request.body(), "completions")
 
     async def models(request: Request) -> Response:
+        g = gw(request)
+        snapshot = g.profiles
+        auth = request.headers.get("authorization")
+        key = g.keyring(snapshot).authenticate(auth.encode("latin-1") if auth else None)
         created = int(time.time())
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
-            for name in gw(request).profiles.models
+            for name in snapshot.models
+            if allows(key, name)
         ]
         return json_response({"object": "list", "data": data})
 

@@ -111,6 +111,7 @@ def run_gateway(
     config: Path | None = None,
     admin_token: str | None = None,
     watch: bool = True,
+    api_keys: tuple[str, ...] = (),
 ) -> Iterator[GatewayServer]:
     """The gateway app under uvicorn in a thread, on a free loopback port; always stopped.
 
@@ -124,6 +125,7 @@ def run_gateway(
         config=str(config or "<test>"),
         admin_token=admin_token,
         watch=watch,
+        api_keys=api_keys,
     )
     config_ = uvicorn.Config(create_app(settings, profiles), log_level="warning", lifespan="on")
     server = uvicorn.Server(config_)
