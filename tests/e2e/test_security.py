@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -42,34 +42,52 @@ models:
         yield gw
 
 
-def client(gw: GatewayServer, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=10)
+@pytest.fixture
+def client(secured: GatewayServer) -> Iterator[Callable[[str], openai.OpenAI]]:
+    """SDK clients per key, all closed at the end (an unclosed one leaks its sockets)."""
+    made: list[openai.OpenAI] = []
+
+    def make(key: str) -> openai.OpenAI:
+        made.append(
+            openai.OpenAI(base_url=secured.base_url, api_key=key, max_retries=0, timeout=10)
+        )
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
 
 
-def test_missing_or_wrong_key_is_401(secured: GatewayServer) -> None:
+def test_missing_or_wrong_key_is_401(
+    secured: GatewayServer, client: Callable[[str], openai.OpenAI]
+) -> None:
     r = httpx.post(secured.base_url + "/chat/completions", json={"model": "r1", "messages": USER})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError) as exc:
-        client(secured, "sk-wrong").chat.completions.create(model="r1", messages=USER)
+        client("sk-wrong").chat.completions.create(model="r1", messages=USER)
     assert exc.value.body["code"] == "invalid_api_key"  # type: ignore[index]
     assert "sk-wrong" not in exc.value.message
     with pytest.raises(openai.AuthenticationError):
-        client(secured, "sk-wrong").models.list()
+        client("sk-wrong").models.list()
 
 
-def test_keys_and_their_models(secured: GatewayServer, fresh_sim: SimProcess) -> None:
-    assert client(secured, "sk-all").chat.completions.create(model="other", messages=USER)
-    limited = client(secured, "sk-r1-only")
+def test_keys_and_their_models(
+    client: Callable[[str], openai.OpenAI], fresh_sim: SimProcess
+) -> None:
+    assert client("sk-all").chat.completions.create(model="other", messages=USER)
+    limited = client("sk-r1-only")
     assert limited.chat.completions.create(model="r1", messages=USER).choices
     with pytest.raises(openai.NotFoundError):  # exists, but not for this key: looks absent
         limited.chat.completions.create(model="other", messages=USER)
     assert [m.id for m in limited.models.list()] == ["r1"]
-    assert [m.id for m in client(secured, "sk-all").models.list()] == ["r1", "other"]
+    assert [m.id for m in client("sk-all").models.list()] == ["r1", "other"]
     assert all(a is None for a in fresh_sim.stats()["auth"])  # client keys never go upstream
 
 
-def test_size_and_shape_limits(secured: GatewayServer, fresh_sim: SimProcess) -> None:
-    c = client(secured, "sk-all")
+def test_size_and_shape_limits(
+    client: Callable[[str], openai.OpenAI], fresh_sim: SimProcess
+) -> None:
+    c = client("sk-all")
     with pytest.raises(openai.APIStatusError) as big:
         c.chat.completions.create(model="r1", messages=[{"role": "user", "content": "x" * 5000}])
     assert big.value.status_code == 413 and big.value.body["code"] == "request_too_large"  # type: ignore[index]
