@@ -1,0 +1,161 @@
+"""Property tests (hypothesis): any split of any input gives the same output as the unsplit
+input, for the SSE decoder, the stop-text matcher and the <think> splitter; malformed profile
+files always answer with key-path messages, never a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import ProfileError
+from gateway.profiles import parse_profiles
+from gateway.reasoning import ThinkSplitter
+from gateway.sse import SSEDecoder
+from gateway.stoptext import StopTextMatcher
+
+
+def splits(data: Any, cuts: list[int]) -> list[Any]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    parts, prev = [], 0
+    for p in [*points, len(data)]:
+        parts.append(data[prev:p])
+        prev = p
+    return parts
+
+
+sse_line = st.one_of(
+    st.builds(
+        lambda t: b"data: " + t,
+        st.binary(max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    ),
+    st.just(b": keep-alive"),
+    st.just(b"event: x"),
+    st.just(b""),
+)
+newline = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(sse_line, newline), max_size=12), st.lists(st.integers(0, 400), max_size=6)
+)
+def test_sse_decoder_split_invariant(lines: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
+    stream = b"".join(line + nl for line, nl in lines)
+    whole = SSEDecoder()
+    expected = whole.feed(stream) + whole.flush()
+    parted = SSEDecoder()
+    got = [e for p in splits(stream, cuts) for e in parted.feed(p)] + parted.flush()
+    assert got == expected
+
+
+text = st.text(alphabet=st.sampled_from(list("ab<|>/endthik｜▁ \n")), max_size=60)
+stops = st.lists(
+    st.text(alphabet=st.sampled_from(list("ab<|>end｜▁")), min_size=1, max_size=6),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text, stops, st.lists(st.integers(0, 60), max_size=6))
+def test_stop_text_split_invariant(s: str, stop_list: list[str], cuts: list[int]) -> None:
+    def run(parts: list[str]) -> tuple[str, bool]:
+        m = StopTextMatcher(stop_list)
+        out = []
+        for p in parts:
+            released, hit = m.feed(p)
+            out.append(released)
+            if hit:
+                return "".join(out), True
+        return "".join(out) + m.flush(), False
+
+    expected = run([s])
+    assert run(splits(s, cuts)) == expected
+    released, hit = expected
+    if hit:  # what is released is exactly the text before the first occurrence of any stop
+        assert released == s[: min(i for x in stop_list if (i := s.find(x)) != -1)]
+    else:
+        assert released == s and not any(x in s for x in stop_list)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list("ab<>/thinkx\n")), max_size=60),
+    st.booleans(),
+    st.lists(st.integers(0, 60), max_size=6),
+)
+def test_think_splitter_split_invariant(s: str, starts: bool, cuts: list[int]) -> None:
+    def run(parts: list[str]) -> tuple[str, str, bool]:
+        sp = ThinkSplitter(starts)
+        r, c = [], []
+        for p in parts:
+            a, b = sp.feed(p)
+            r.append(a)
+            c.append(b)
+        a, b = sp.flush()
+        return "".join(r) + a, "".join(c) + b, sp.closed
+
+    assert run(splits(s, cuts)) == run([s])
+
+
+yaml_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**6), 10**12),
+        st.floats(allow_nan=False),
+        st.text(max_size=10),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+keys = st.sampled_from(
+    [
+        "timeouts",
+        "models",
+        "health",
+        "limits",
+        "auth",
+        "backends",
+        "url",
+        "defaults",
+        "temperature",
+        "stop_token_ids",
+        "prompt",
+        "system",
+        "reasoning",
+        "variants",
+        "max_tokens_limit",
+        "weight",
+        "junk",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        keys, st.one_of(yaml_values, st.dictionaries(keys, yaml_values, max_size=3)), max_size=4
+    )
+)
+def test_malformed_profiles_answer_with_key_paths(doc: dict[str, Any]) -> None:
+    text = yaml.safe_dump(doc)
+    try:
+        parse_profiles(text)
+    except ProfileError as exc:
+        assert exc.errors and all(isinstance(e, str) and ":" in e for e in exc.errors)
+        assert not any("Traceback" in e for e in exc.errors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_as_profile_file(raw: bytes) -> None:
+    try:
+        parse_profiles(raw.decode("utf-8", "replace"))
+    except ProfileError as exc:
+        assert exc.errors
