@@ -180,8 +180,11 @@ models:
         env = {**os.environ, "GATEWAY_LOG_LEVEL": "info", "GATEWAY_WATCH": "0"}
         try:
             procs.append(subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, cwd=ROOT))
-            procs.append(subprocess.Popen(gw_cmd, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, env=env, cwd=ROOT))
+            procs.append(
+                subprocess.Popen(
+                    gw_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT
+                )
+            )
             wait_up(f"http://127.0.0.1:{sim_port}/health")
             wait_up(f"http://127.0.0.1:{gw_port}/health")
             gw_pid = procs[1].pid

@@ -42,7 +42,15 @@ from .errors import (
 from .metrics import GatewayMetrics, RequestRecord, StateCollector
 from .pool import BackendPool, BackendState
 from .profiles import Backend, Profile, ProfileSet, Timeouts, load_profiles
-from .protocol import Endpoint, error_body, error_body_for, parse_request
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Endpoint,
+    error_body,
+    error_body_for,
+    inline_schema,
+    parse_request,
+)
 from .reload import ProfileStore
 from .security import (
     ClientKey,
@@ -684,9 +692,25 @@ def create_app(
 
     app.add_route("/admin/profiles", admin_profiles, methods=["GET"])
     app.add_route("/admin/reload", admin_reload, methods=["POST"])
-    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-    app.add_route("/v1/completions", completions, methods=["POST"])
-    app.add_route("/v1/models", models, methods=["GET"])
+    for path, endpoint_fn, model in (
+        ("/v1/chat/completions", chat_completions, ChatCompletionRequest),
+        ("/v1/completions", completions, CompletionRequest),
+    ):
+        # Documented here (request body schema for clients and schemathesis); served by
+        # GatewayApp, which reads and validates the body itself.
+        app.add_api_route(
+            path,
+            endpoint_fn,
+            methods=["POST"],
+            response_class=Response,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": inline_schema(model)}},
+                }
+            },
+        )
+    app.add_api_route("/v1/models", models, methods=["GET"], response_class=Response)
 
     async def metrics_route(request: Request) -> Response:
         g = gw(request)
@@ -700,8 +724,8 @@ def create_app(
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/metrics", metrics_route, methods=["GET"])
-    app.add_route("/health", health, methods=["GET"])
-    app.add_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"], response_class=Response)
+    app.add_api_route("/ready", ready, methods=["GET"], response_class=Response)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

@@ -100,3 +100,21 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         param = ".".join(str(p) for p in err["loc"])
         raise RequestError(f"{param}: {err['msg']}", param=param) from None
     return data
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema with every ``$ref`` inlined (for an OpenAPI request body)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]

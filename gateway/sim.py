@@ -15,7 +15,8 @@ emitting end-of-turn text as a misconfigured server does.
 A request may carry ``"sim": {...}`` (an extra field the gateway passes through) to script
 faults: ``tokens``, ``token_delay``, ``first_token_delay``, ``stall_after``/``stall_for``,
 ``drop_after``, ``finish`` (``"abort"``, ``"null"``, ``"omit"``), ``omit_done``,
-``keepalive``, ``error_after``, ``malformed_after``, ``status``, ``merge``, and
+``keepalive``, ``error_after``, ``malformed_after``, ``status``, ``merge``, ``repeat``
+(the script n times, for long streams), and
 ``split_reasoning`` (act like vLLM's ``deepseek_r1`` reasoning parser: text before
 ``</think>`` goes to ``delta.reasoning`` / ``message.reasoning``).
 ``GET /sim/requests`` returns the bodies received; ``GET /sim/stats`` counts streams
@@ -140,10 +141,18 @@ class SimVLLM:
         return web.json_response({"ok": True})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=True)
+        return await self._guarded(request, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=False)
+        return await self._guarded(request, chat=False)
+
+    async def _guarded(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        # vLLM validates every field with pydantic and answers 400 for what it cannot use;
+        # the simulator does the same for input its scripts cannot handle.
+        try:
+            return await self._generate(request, chat=chat)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            return _error(f"invalid request: {type(exc).__name__}", "BadRequestError", 400)
 
     def _plan(
         self, body: dict[str, Any], tokens: list[tuple[int, str]]
@@ -207,6 +216,8 @@ class SimVLLM:
                 "max_tokens",
             )
         script = [tuple(t) for t in sim["tokens"]] if "tokens" in sim else self.script
+        if sim.get("repeat"):  # a long stream: the script (without its stop token) n times
+            script = [t for t in script if t[0] != 151643] * int(sim["repeat"])
         emitted, finish, stop_reason = self._plan(body, script)
         prompt_tokens = self._count_prompt(body, chat)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(_ids):016x}"
