@@ -65,7 +65,7 @@ from .settings import Settings
 from .stream import Opened, StreamNormalizer, ended, normalize_response, prime, relay
 from .tokens import TokenizerCache
 from .transform import build_upstream_body, check_request
-from .upstream import UpstreamClient
+from .upstream import UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("gateway")
 
@@ -315,6 +315,13 @@ class Gateway:
         frames = relay(opened, norm, t, total_deadline, on_close=done, on_gap=gap)
         return EventStreamResponse(frames, _sse_headers(out_headers), cleanup=abandon)
 
+    async def _post(
+        self, backend: Backend, endpoint: Endpoint, payload: bytes, t: Timeouts, rid: str
+    ) -> UpstreamResponse:
+        return await self.upstream.post(
+            backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect, request_id=rid
+        )
+
     async def _open_stream(
         self,
         backend: Backend,
@@ -331,13 +338,7 @@ class Gateway:
         resp = None
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self.upstream.post(
-                    backend,
-                    _UPSTREAM_PATH[endpoint],
-                    payload,
-                    connect_timeout=t.connect,
-                    request_id=rid,
-                )
+                resp = await self._post(backend, endpoint, payload, t, rid)
             return await prime(resp, deadline)
         except TimeoutError:
             if resp is not None:
@@ -361,13 +362,7 @@ class Gateway:
     ) -> bytes:
         try:
             async with asyncio.timeout_at(total):
-                resp = await self.upstream.post(
-                    backend,
-                    _UPSTREAM_PATH[endpoint],
-                    payload,
-                    connect_timeout=t.connect,
-                    request_id=rid,
-                )
+                resp = await self._post(backend, endpoint, payload, t, rid)
                 try:
                     return await resp.read_all()
                 finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -179,3 +180,49 @@ def assert_well_ended(events: list[Any], n: int = 1) -> list[dict[str, Any]]:
                 assert c["index"] not in finals, "a chunk after the final chunk"
     assert sorted(finals) == list(range(n)), f"final chunks for {sorted(finals)}, want {n}"
     return [finals[i] for i in range(n)]
+
+
+@contextlib.contextmanager
+def run_gateway_process(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 40
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``gateway serve`` as its own process on a free port (for RSS, signals, workers);
+    waits for ``/health``; always stopped."""
+    port = free_port()
+    full_env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_WATCH": "0", **(env or {})}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            *args,
+        ],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the gateway process did not come up")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

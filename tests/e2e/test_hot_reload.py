@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import GatewayServer, SimProcess, free_port, run_gateway, sse_events
+from tests.helpers import GatewayServer, SimProcess, run_gateway, run_gateway_process, sse_events
 from tests.tokenizer_fixtures import build_tokenizer
 
 TOKEN = "admin-secret"
@@ -163,34 +161,14 @@ def test_kubernetes_configmap_symlink_swap_is_picked_up(
 def test_sighup_reloads_a_served_gateway(tmp_path: Path, sim: SimProcess) -> None:
     path = tmp_path / "model_profiles.yaml"
     path.write_text(profile(sim.url, [151643]))
-    port = free_port()
-    env = {**os.environ, "GATEWAY_WATCH": "0", "GATEWAY_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(url), "the gateway process", timeout=30)
+    with run_gateway_process(path) as (url, proc):  # GATEWAY_WATCH=0: only the signal reloads
         old = version_of(url)
         path.write_text(profile(sim.url, [5]))
         time.sleep(0.3)
-        assert version_of(url) == old  # not watching: only the signal reloads
+        assert version_of(url) == old
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: version_of(url) != old, "the SIGHUP reload")
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_variants_by_suffix_and_header(

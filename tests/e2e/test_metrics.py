@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +11,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import GatewayServer, SimProcess, free_port, run_gateway, sse_events
+from tests.helpers import (
+    GatewayServer,
+    SimProcess,
+    free_port,
+    run_gateway,
+    run_gateway_process,
+    sse_events,
+)
 
 USER = [{"role": "user", "content": "TOPSECRET-PROMPT what is 2+2"}]
 
@@ -195,41 +199,10 @@ def test_metrics_are_right_with_two_workers(tmp_path: Path, sim: SimProcess) -> 
 models:
   r1: {{upstream_model: sim-r1, backends: [{{url: "{sim.url}"}}]}}
 """)
-    port = free_port()
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(url + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, "two workers", timeout=40)
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with run_gateway_process(path, "--workers", "2", env=env) as (url, _):
         for i in range(30):  # a new connection each time: the kernel spreads them
             with httpx.Client() as c:
                 c.post(
@@ -243,6 +216,3 @@ models:
             assert value(m, "gateway_requests_total", model="r1", code="200") == 30
             assert value(m, "gateway_request_duration_seconds_count", model="r1") == 30
             assert value(m, "gateway_in_flight_requests", model="r1") == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
