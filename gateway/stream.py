@@ -38,9 +38,9 @@ _CAUSE_FINISH = {
 
 
 def normalize_finish(reason: Any) -> str:
-    if reason in FINISH_REASONS:
-        return str(reason)
-    return FINISH_REPAIRS.get(reason, "stop") if isinstance(reason, str) else "stop"
+    if not isinstance(reason, str):
+        return "stop"
+    return reason if reason in FINISH_REASONS else FINISH_REPAIRS.get(reason, "stop")
 
 
 class _Choice:
@@ -132,6 +132,12 @@ class StreamNormalizer:
                 "upstream sent an unexpected stream event", "upstream_protocol_error"
             )
         choices = obj.get("choices")
+        if choices is not None and not (
+            isinstance(choices, list) and all(isinstance(c, dict) for c in choices)
+        ):
+            return self._error(
+                "upstream sent an unexpected stream event", "upstream_protocol_error"
+            )
         if choices is None and "error" in obj:
             self.errored = True
             err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
@@ -142,7 +148,8 @@ class StreamNormalizer:
         obj["model"] = self.public_model
         usage = obj.get("usage")
         if usage is not None:
-            self.usage = usage
+            if isinstance(usage, dict):
+                self.usage = usage
             if not choices:
                 if not self.include_usage:
                     return []
@@ -157,7 +164,8 @@ class StreamNormalizer:
             return []
         kept = []
         for ch in choices:
-            st = self._choice(ch.get("index", 0))
+            index = ch.get("index", 0)
+            st = self._choice(index if isinstance(index, int) and 0 <= index < 1024 else 0)
             if st.finished:
                 continue  # a second finish or text after it: the client already has its end
             st.started = True

@@ -159,3 +159,64 @@ def test_random_bytes_as_profile_file(raw: bytes) -> None:
         parse_profiles(raw.decode("utf-8", "replace"))
     except ProfileError as exc:
         assert exc.errors
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=6)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+chunk_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": json_values,
+        "model": json_values,
+        "usage": json_values,
+        "error": json_values,
+        "choices": st.one_of(
+            json_values,
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "index": json_values,
+                        "delta": json_values,
+                        "text": json_values,
+                        "finish_reason": st.one_of(
+                            json_values, st.sampled_from(["stop", "abort", "length"])
+                        ),
+                    },
+                ),
+                max_size=2,
+            ),
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(chunk_like, json_values), max_size=6), st.booleans(), st.booleans())
+def test_normalizer_survives_any_json_and_always_ends(
+    chunks: list[Any], chat: bool, usage: bool
+) -> None:
+    import orjson
+
+    from gateway.profiles import ReasoningRules
+    from gateway.stream import StreamNormalizer
+
+    norm = StreamNormalizer(
+        public_model="m",
+        endpoint="chat" if chat else "completions",
+        stop_text=("<|im_end|>",),
+        include_usage=usage,
+        n=1,
+        reasoning=ReasoningRules("think_tags", True, ("reasoning",), "split", True),
+    )
+    frames = [f for c in chunks for f in norm.feed(orjson.dumps(c))]
+    tail = norm.close(None)
+    assert tail.endswith(b"data: [DONE]\n\n")
+    for frame in frames:
+        assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+        orjson.loads(frame[6:-2])
