@@ -56,6 +56,14 @@ def wait_up(url: str, timeout: float = 20) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def generated_text(line: bytes) -> bool:
+    """A chunk carrying generated text: answer content or (split off) reasoning."""
+    if not line.startswith(b"data: {"):
+        return False
+    return any(f'"{k}":"'.encode() in line and f'"{k}":""'.encode() not in line
+               for k in ("content", "reasoning_content"))
+
+
 @dataclass
 class Result:
     latencies: list[float] = field(default_factory=list)
@@ -96,12 +104,7 @@ async def drive(url: str, body: dict[str, object], concurrency: int, seconds: fl
                         if stream:
                             first = None
                             async for line in r.content:
-                                if (
-                                    first is None
-                                    and line.startswith(b"data: {")
-                                    and b'"content":"' in line
-                                    and b'"content":""' not in line
-                                ):
+                                if first is None and generated_text(line):
                                     first = time.monotonic() - t0
                             if first is not None:
                                 res.ttfts.append(first)
