@@ -17,6 +17,7 @@ from tests.helpers import SimProcess, assert_well_ended, free_port, run_gateway,
 
 USER = [{"role": "user", "content": "hi"}]
 HEALTH = "health: {interval: 0.2, timeout: 0.5, eject_after: 1, cooloff: 0.5}"
+NO_PROBES = "health: {interval: 0, eject_after: 1, cooloff: 5}"
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -49,7 +50,7 @@ def post(url: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
 
 
 def test_weighted_balancing_distribution(three_sims: list[SimProcess]) -> None:
-    profile = f"""{HEALTH}
+    profile = f"""{NO_PROBES}  # balancing only: a slow probe must not skew it
 models:
   m: {{upstream_model: sim-r1, backends: {backends_yaml([s.url for s in three_sims], [1, 1, 2])}}}
 """
@@ -202,7 +203,7 @@ models:
 
 def test_affinity_sticks_and_falls_back(three_sims: list[SimProcess]) -> None:
     urls = backends_yaml([s.url for s in three_sims])
-    profile = f"""{HEALTH}
+    profile = f"""{NO_PROBES}  # passive ejection handles the dead owner
 models:
   m: {{upstream_model: sim-r1, affinity: prefix, backends: {urls}}}
   h: {{upstream_model: sim-r1, affinity: header, backends: {urls}}}
