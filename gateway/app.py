@@ -27,10 +27,10 @@ from .errors import (
     AdminAuthError,
     GatewayError,
     ProfileError,
+    RequestTooLarge,
 )
 from .handler import (
     Gateway,
-    RequestTooLarge,
     error_response,
     json_response,
     read_body,
@@ -40,6 +40,7 @@ from .metrics import GatewayMetrics, RequestRecord, StateCollector
 from .pool import BackendPool
 from .profiles import ProfileSet, load_profiles
 from .protocol import (
+    ENDPOINT_PATHS,
     ChatCompletionRequest,
     CompletionRequest,
     Endpoint,
@@ -56,10 +57,7 @@ from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
 
-_HOT_ROUTES: dict[str, Endpoint] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-}
+_HOT_ROUTES: dict[str, Endpoint] = {path: ep for ep, path in ENDPOINT_PATHS.items()}
 
 
 class GatewayApp:
@@ -255,8 +253,8 @@ def create_app(
     app.add_route("/admin/profiles", admin_profiles, methods=["GET"])
     app.add_route("/admin/reload", admin_reload, methods=["POST"])
     for path, endpoint_fn, model in (
-        ("/v1/chat/completions", chat_completions, ChatCompletionRequest),
-        ("/v1/completions", completions, CompletionRequest),
+        (ENDPOINT_PATHS["chat"], chat_completions, ChatCompletionRequest),
+        (ENDPOINT_PATHS["completions"], completions, CompletionRequest),
     ):
         # Documented here (request body schema for clients and schemathesis); served by
         # GatewayApp, which reads and validates the body itself.

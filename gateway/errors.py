@@ -3,7 +3,10 @@
     GatewayError                      status, type, code, param
     +-- RequestError                  400: the client's request is invalid
     |   +-- ModelNotFound             404: no profile for the requested model
+    |   +-- RequestTooLarge           413: body over limits.max_body_bytes
+    +-- AuthError                     401: missing or wrong client API key
     +-- AdminAuthError                401: missing or wrong admin token
+    +-- TooManyRequests               429: concurrency cap or rate limit (.retry_after)
     +-- ProfileError                  profile file invalid (load/reload), never sent to clients
     +-- UpstreamError                 anything the backend did
         +-- UpstreamUnavailable       502: connect refused/reset before a response
@@ -45,6 +48,30 @@ class RequestError(GatewayError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class RequestTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body larger than {limit} bytes.")
+
+
+class AuthError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = max(1, retry_after)
 
 
 class AdminAuthError(GatewayError):

@@ -22,7 +22,9 @@ from starlette.types import Receive, Scope, Send
 from .errors import (
     GatewayError,
     ModelNotFound,
+    RequestTooLarge,
     TimeoutPhase,
+    TooManyRequests,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
@@ -33,6 +35,7 @@ from .metrics import GatewayMetrics, RequestRecord
 from .pool import BackendPool, BackendState
 from .profiles import Backend, Profile, ProfileSet, Timeouts
 from .protocol import (
+    ENDPOINT_PATHS,
     Endpoint,
     error_body,
     error_body_for,
@@ -44,7 +47,6 @@ from .security import (
     ConcurrencyGate,
     KeyRing,
     RateLimiter,
-    TooManyRequests,
     allows,
     digest,
 )
@@ -55,10 +57,6 @@ from .upstream import UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("gateway")
 
-_UPSTREAM_PATH: dict[Endpoint, str] = {
-    "chat": "/v1/chat/completions",
-    "completions": "/v1/completions",
-}
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -305,7 +303,7 @@ class Gateway:
         self, backend: Backend, endpoint: Endpoint, payload: bytes, t: Timeouts, rid: str
     ) -> UpstreamResponse:
         return await self.upstream.post(
-            backend, _UPSTREAM_PATH[endpoint], payload, connect_timeout=t.connect, request_id=rid
+            backend, ENDPOINT_PATHS[endpoint], payload, connect_timeout=t.connect, request_id=rid
         )
 
     async def _open_stream(
@@ -464,12 +462,3 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-class RequestTooLarge(GatewayError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"Request body larger than {limit} bytes.")

@@ -88,6 +88,8 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        #: the access log's format, settled once (``GATEWAY_LOG_FORMAT=json``)
+        self.json_logs = os.environ.get("GATEWAY_LOG_FORMAT", "text") == "json"
         self._cache: dict[tuple[str, str], _Children] = {}
         self._requests: dict[tuple[str, str, str, int], Any] = {}
         r = registry
@@ -217,7 +219,7 @@ class GatewayMetrics:
             if isinstance(reasoning, int) and reasoning > 0:
                 self.tokens.labels(m, "reasoning").inc(reasoning)
         self.overhead.observe(rec.overhead)
-        log_access(rec, duration)
+        log_access(rec, duration, self.json_logs)
 
     def exposition(self, extra: Iterable[Any] = ()) -> bytes:
         """The text exposition; merged across worker processes in multiprocess mode."""
@@ -258,11 +260,11 @@ class StateCollector:
 _TEXT_LINE = (
     "request_id=%s endpoint=%s model=%s backend=%s stream=%s status=%s finish_reason=%s "
     "upstream_finish_reason=%s ttft_s=%s duration_s=%.4f prompt_tokens=%s "
-    "completion_tokens=%s termination=%s retries=%s error=%s"
+    "completion_tokens=%s reasoning_chars=%s termination=%s retries=%s error=%s"
 )
 
 
-def log_access(rec: RequestRecord, duration: float) -> None:
+def log_access(rec: RequestRecord, duration: float, as_json: bool = False) -> None:
     """One structured line per request; never prompt text or secrets."""
     if not access_log.isEnabledFor(logging.INFO):
         return
@@ -270,7 +272,7 @@ def log_access(rec: RequestRecord, duration: float) -> None:
     finishes = [n for _, n in rec.finishes]
     upstream = [u for u, _ in rec.finishes]
     ttft = None if rec.ttft is None else round(rec.ttft, 4)
-    if os.environ.get("GATEWAY_LOG_FORMAT", "text") != "json":
+    if not as_json:
         access_log.info(
             _TEXT_LINE,
             rec.request_id,
@@ -285,6 +287,7 @@ def log_access(rec: RequestRecord, duration: float) -> None:
             duration,
             usage.get("prompt_tokens"),
             usage.get("completion_tokens"),
+            rec.reasoning_chars,
             rec.cause,
             rec.retries,
             rec.error,
@@ -303,6 +306,7 @@ def log_access(rec: RequestRecord, duration: float) -> None:
         "duration_s": round(duration, 4),
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
+        "reasoning_chars": rec.reasoning_chars,
         "termination": rec.cause,
         "retries": rec.retries,
         "error": rec.error,

@@ -302,7 +302,6 @@ class ProfileSet:
     models: dict[str, Profile]
     version: str
     source: str = ""
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
     health: HealthSpec = field(default_factory=HealthSpec)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     #: (sha256 digest, allowed models or None) from ``auth.keys_file``
@@ -500,7 +499,6 @@ def parse_profiles(
         models=models,
         version=version,
         source=source,
-        raw=data,
         health=spec.health,
         limits=spec.limits,
         key_digests=keys,

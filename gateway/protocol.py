@@ -76,6 +76,11 @@ class CompletionRequest(_Sampling):
 
 
 Endpoint = Literal["chat", "completions"]
+#: the OpenAI path of each endpoint (the same path on the gateway and on vLLM)
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+}
 _MODELS: dict[Endpoint, type[_Sampling]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,

@@ -25,23 +25,7 @@ from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from .errors import GatewayError
-
-
-class AuthError(GatewayError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
-class TooManyRequests(GatewayError):
-    status = 429
-    type = "rate_limit_error"
-
-    def __init__(self, message: str, code: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retry_after = max(1, retry_after)
+from .errors import AuthError, TooManyRequests
 
 
 @dataclass(frozen=True, slots=True)
