@@ -45,14 +45,9 @@ def _run(settings: Settings, profiles: ProfileSet, tokenizers: TokenizerCache) -
     import uvicorn
 
     from .app import create_app
+    from .server import config
 
-    uvicorn.run(
-        create_app(settings, profiles, tokenizers),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    uvicorn.Server(config(create_app(settings, profiles, tokenizers), settings)).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -71,6 +66,8 @@ def _run_workers(settings: Settings, workers: int) -> None:
     multiprocess mode (one directory shared by the workers, emptied at start)."""
     import uvicorn
 
+    from .server import uvicorn_options
+
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     cleanup = None
     if not metrics_dir:
@@ -84,13 +81,7 @@ def _run_workers(settings: Settings, workers: int) -> None:
     os.environ["GATEWAY_CONFIG"] = settings.config
     try:
         uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            workers=workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
+            "gateway.app:app_from_env", factory=True, workers=workers, **uvicorn_options(settings)
         )
     finally:
         if cleanup is not None:
@@ -117,6 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
+    from .server import config as server_config
     from .sim import SimVLLM, start_sim
 
     config = args.config or os.environ.get("GATEWAY_CONFIG")
@@ -145,15 +137,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
             f"simulated vLLM on {backend.url}; gateway on http://{settings.host}:{settings.port}/v1"
         )
         print(f"models: {', '.join(demo.models)}")
-        config_ = uvicorn.Config(
-            create_app(settings, demo),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-        )
         try:
-            await uvicorn.Server(config_).serve()
+            await uvicorn.Server(server_config(create_app(settings, demo), settings)).serve()
         finally:
             await runner.cleanup()
 

@@ -34,6 +34,8 @@ TERMINATION = {
     "client_disconnect": "client_disconnect",
     "upstream_disconnect": "upstream_error",
     "upstream_error": "upstream_error",
+    "shutdown": "shutdown",
+    "gateway_error": "gateway_error",
 }
 
 access_log = logging.getLogger("gateway.access")
@@ -65,11 +67,6 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     reasoning_chars: int = 0
     error: str | None = None
-    #: counted in the in-flight gauge (to be released once)
-    in_flight: bool = False
-    done: bool = False
-    #: who holds a concurrency slot (released once, at the end)
-    slot: str | None = None
 
 
 @dataclass(slots=True)

@@ -64,6 +64,8 @@ class LimitsSpec(_Strict):
     """Front-door limits (in-flight and memory-backed rate counters are per replica)."""
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: seconds a client may take to send its request body (408 after it)
+    body_timeout: float = Field(default=30, gt=0, le=3600)
     max_messages: int = Field(default=2048, ge=1)
     #: characters over all message contents (chat) or the prompt (completions)
     max_prompt_chars: int = Field(default=4_000_000, ge=1)

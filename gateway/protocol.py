@@ -12,7 +12,13 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import GatewayError, RequestError
+from .errors import (
+    GatewayError,
+    MethodNotAllowed,
+    RequestError,
+    TooManyRequests,
+    UpstreamStatusError,
+)
 
 #: finish_reason values an OpenAI client accepts.
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
@@ -36,8 +42,26 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_body_for(exc: GatewayError) -> dict[str, Any]:
-    return error_body(exc.message, exc.type, code=exc.code, param=exc.param)
+def render_error(exc: BaseException) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The one error boundary: any exception -> (status, OpenAI error JSON, extra headers).
+
+    Used by the completion routes and by the FastAPI side routes alike. An exception that is
+    not a :class:`GatewayError` is the gateway's own bug: a 500 that reveals nothing."""
+    headers: list[tuple[bytes, bytes]] = []
+    if isinstance(exc, UpstreamStatusError):
+        body = error_body(exc.message, exc.type, code=exc.upstream_code, param=exc.param)
+    elif isinstance(exc, GatewayError):
+        body = error_body(exc.message, exc.type, code=exc.code, param=exc.param)
+        if isinstance(exc, TooManyRequests):
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        elif isinstance(exc, MethodNotAllowed):
+            headers.append((b"allow", exc.allow.encode()))
+    else:
+        return 500, orjson.dumps(INTERNAL_ERROR), headers
+    return exc.status, orjson.dumps(body), headers
+
+
+INTERNAL_ERROR = error_body("Internal gateway error", "server_error", code="internal_error")
 
 
 class _Open(BaseModel):

@@ -11,21 +11,39 @@
   These counters are per replica.
 * Rate: requests per key (per client address without keys) through the ``limits`` library,
   moving window; ``memory://`` storage is per replica, ``redis://...`` is shared by replicas.
+
+:class:`Admission` is the one way into a completion route: auth, rate limit, body (under a
+deadline), validation, the per-key model check, request limits and the concurrency slot, all
+from one profile snapshot; everything it takes is released by the request's exit stack, once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from .errors import AuthError, TooManyRequests
+from .errors import (
+    AuthError,
+    ClientDisconnected,
+    ModelNotFound,
+    RequestError,
+    RequestTimeout,
+    RequestTooLarge,
+    TooManyRequests,
+)
+from .profiles import LimitsSpec, Profile, ProfileSet
+from .protocol import Endpoint, parse_request
+from .transform import check_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +145,115 @@ class RateLimiter:
         raise TooManyRequests(
             f"Rate limit of {rate} exceeded for this API key.", "rate_limit_exceeded", retry
         )
+
+
+#: headers that must appear at most once (the first and the last copy could disagree)
+_SINGLE_HEADERS = frozenset({b"authorization", b"content-length", b"x-gateway-variant"})
+VARIANT_HEADER = b"x-gateway-variant"
+
+
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request headers by (lower-case) name; a repeated security-relevant header is a
+    400, so no two parts of the gateway can read different copies of it."""
+    out: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in out and name in _SINGLE_HEADERS:
+            raise RequestError(f"more than one {name.decode()} header", param=name.decode())
+        out[name] = value
+    return out
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "anonymous"
+
+
+async def read_body(receive: Any, limits: LimitsSpec) -> bytes:
+    """The whole request body, at most ``max_body_bytes``, within ``body_timeout`` seconds
+    (408 after it); a client that leaves meanwhile raises :class:`ClientDisconnected`."""
+    chunks = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise RequestTooLarge(limits.max_body_bytes)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(limits.body_timeout) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What admission established; the rest of the request uses only this."""
+
+    snapshot: ProfileSet
+    profile: Profile
+    key: ClientKey | None
+    #: the validated request body (``max_tokens`` already clamped)
+    body: dict[str, Any]
+    headers: dict[bytes, bytes]
+    endpoint: Endpoint
+
+
+class Admission:
+    """Keys, rate limits and concurrency caps of one process (see module doc)."""
+
+    def __init__(self, env_keys: tuple[str, ...] = ()) -> None:
+        self.gate = ConcurrencyGate()
+        self._env_keys = [ClientKey(digest(k)) for k in env_keys]
+        self._keyring: tuple[str, KeyRing] | None = None
+        self._rate: RateLimiter | None = None
+
+    def keyring(self, snapshot: ProfileSet) -> KeyRing:
+        """Keys from the environment plus the snapshot's keys file (rebuilt on reload)."""
+        if self._keyring is None or self._keyring[0] != snapshot.version:
+            keys = [*self._env_keys, *(ClientKey(d, m) for d, m in snapshot.key_digests)]
+            self._keyring = (snapshot.version, KeyRing(keys))
+        return self._keyring[1]
+
+    def rate_limiter(self, storage: str) -> RateLimiter:
+        if self._rate is None or self._rate.storage_uri != storage:
+            self._rate = RateLimiter(storage)
+        return self._rate
+
+    def authenticate(self, snapshot: ProfileSet, headers: dict[bytes, bytes]) -> ClientKey | None:
+        return self.keyring(snapshot).authenticate(headers.get(b"authorization"))
+
+    async def admit(
+        self,
+        snapshot: ProfileSet,
+        scope: dict[str, Any],
+        receive: Any,
+        endpoint: Endpoint,
+        stack: AsyncExitStack,
+    ) -> Ticket:
+        """Admit one completion request or raise the refusal. The concurrency slot is taken
+        last, after the body arrived, and its release is pushed on ``stack``."""
+        limits = snapshot.limits
+        headers = header_map(scope["headers"])
+        key = self.authenticate(snapshot, headers)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise RequestTooLarge(limits.max_body_bytes)
+        who = key.id if key else client_address(scope)
+        if limits.key_rate:
+            await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
+        body = parse_request(await read_body(receive, limits), endpoint)
+        variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
+        name = f"{body['model']}:{variant}" if variant else body["model"]
+        profile = snapshot.get(name)
+        if profile is None or not allows(key, profile.name):
+            # a model the key may not use looks exactly like one that does not exist
+            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        check_request(body, endpoint, profile, limits)
+        self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
+        stack.callback(self.gate.release, who)
+        return Ticket(snapshot, profile, key, body, headers, endpoint)

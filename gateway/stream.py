@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -34,6 +34,7 @@ _CAUSE_FINISH = {
     "idle_timeout": "length",
     "total_timeout": "length",
     "upstream_disconnect": "length",
+    "shutdown": "length",
 }
 
 
@@ -96,6 +97,9 @@ class StreamNormalizer:
         self.first_text_at: float | None = None
         self.first_content_at: float | None = None
         self.stop_text_hits = 0
+        #: seconds the gateway spent processing this stream's chunks (set by :func:`relay`)
+        self.overhead = 0.0
+        self._closed = False
 
     def _choice(self, index: int) -> _Choice:
         st = self._choices.get(index)
@@ -248,10 +252,20 @@ class StreamNormalizer:
         return [sse_frame(error_body(message, "upstream_error", code=code))]
 
     def close(self, cause: str | None) -> bytes:
-        """The end of the stream: owed final chunks, the held usage chunk, ``[DONE]``."""
+        """The end of the stream: owed final chunks, the held usage chunk, ``[DONE]``.
+        Only the first call counts; later ones return nothing."""
+        if self._closed:
+            return b""
+        self._closed = True
         self.cause = cause
-        if cause in ("client_disconnect", "gateway_error"):
-            return b""  # nobody to send it to / not ours to finish
+        if cause == "client_disconnect":
+            return b""  # nobody to send it to
+        if cause == "gateway_error":
+            self.errored = True
+            frame = sse_frame(
+                error_body("Internal gateway error", "server_error", code="internal_error")
+            )
+            return frame + DONE_FRAME
         if self.errored:
             return DONE_FRAME
         finish = _CAUSE_FINISH.get(cause or "", "stop")
@@ -297,36 +311,46 @@ class StreamNormalizer:
         }
 
 
+class ChunkSource(Protocol):
+    """What :func:`prime` and :func:`relay` read: an upstream body, chunk by chunk
+    (:class:`upstream.UpstreamResponse`, or a fake in tests)."""
+
+    async def read_chunk(self) -> bytes: ...
+
+    def close(self, *, reuse: bool = False) -> None: ...
+
+
 @dataclass(slots=True)
 class Opened:
     """An upstream stream whose first event has arrived; nothing was sent to the client yet,
     so until then the request can still fail over to another backend."""
 
-    resp: Any
+    source: ChunkSource
     decoder: SSEDecoder
     first: list[bytes]
     eof: bool
 
 
-async def prime(resp: Any, deadline: float) -> Opened:
-    """Read up to the first SSE event (keep-alives do not count) before ``deadline``.
+async def prime(source: ChunkSource, deadline: float) -> Opened:
+    """Read up to the first SSE event (keep-alives do not count) before ``deadline``
+    (event-loop time).
 
-    Raises ``TimeoutError`` or :class:`UpstreamError`; the caller closes ``resp`` then."""
+    Raises ``TimeoutError`` or :class:`UpstreamError`; the caller closes ``source`` then."""
     decoder = SSEDecoder()
     while True:
         async with asyncio.timeout_at(deadline):
-            chunk = await resp.read_chunk()
+            chunk = await source.read_chunk()
         if not chunk:
             events = decoder.flush()
             if not events:
                 raise UpstreamDisconnected("upstream ended the stream before its first event")
-            return Opened(resp, decoder, events, eof=True)
+            return Opened(source, decoder, events, eof=True)
         events = decoder.feed(chunk)
         if events:
-            return Opened(resp, decoder, events, eof=False)
+            return Opened(source, decoder, events, eof=False)
 
 
-OnClose = Callable[[StreamNormalizer, float], None]
+Emit = Callable[[bytes], Awaitable[None]]
 
 
 async def relay(
@@ -334,23 +358,24 @@ async def relay(
     norm: StreamNormalizer,
     timeouts: Timeouts,
     total_deadline: float,
+    emit: Emit,
     *,
-    on_close: OnClose | None = None,
     on_gap: Callable[[float], None] | None = None,
-) -> AsyncIterator[bytes]:
-    """Client frames from a primed upstream stream, always ending with
-    :meth:`StreamNormalizer.close`. The upstream is closed on every exit (a client
-    disconnect arrives here as cancellation); then ``on_close(norm, overhead)`` runs once,
-    with the seconds spent processing chunks. ``on_gap`` gets the time between upstream
-    events."""
+) -> bytes:
+    """Send the client's frames (``emit``) from a primed upstream stream until it ends;
+    return the stream's end (:meth:`StreamNormalizer.close`), for the caller to send last.
+
+    The upstream is closed on every exit. Cancellation (the client
+    left, the gateway is shutting down) propagates after closing it; the caller then decides
+    what, if anything, the client still gets. ``norm.overhead`` accumulates the seconds spent
+    processing chunks; ``on_gap`` gets the time between upstream events."""
     loop = asyncio.get_running_loop()
     perf = time.perf_counter
-    resp, decoder = opened.resp, opened.decoder
+    source, decoder = opened.source, opened.decoder
     events, eof = opened.first, opened.eof
     event_deadline = total_deadline
     cause: str | None = None
     reuse = False
-    overhead = 0.0
     last_event = perf()
     try:
         while True:
@@ -361,9 +386,9 @@ async def relay(
                 last_event = t0
                 event_deadline = loop.time() + timeouts.idle
                 frames = [f for ev in events for f in norm.feed(ev)]
-                overhead += perf() - t0
+                norm.overhead += perf() - t0
                 if frames:
-                    yield frames[0] if len(frames) == 1 else b"".join(frames)
+                    await emit(frames[0] if len(frames) == 1 else b"".join(frames))
                 if norm.stop_reading or norm.errored:
                     break
             if eof:
@@ -374,7 +399,7 @@ async def relay(
             deadline = event_deadline if event_deadline < total_deadline else total_deadline
             try:
                 async with asyncio.timeout_at(deadline):
-                    chunk = await resp.read_chunk()
+                    chunk = await source.read_chunk()
             except TimeoutError:
                 cause = "total_timeout" if deadline == total_deadline else "idle_timeout"
                 break
@@ -387,26 +412,9 @@ async def relay(
             cause = "stop_text"
         elif norm.errored:
             cause = "upstream_error"
-    except BaseException as exc:
-        disconnect = isinstance(exc, asyncio.CancelledError | GeneratorExit)
-        cause = "client_disconnect" if disconnect else "gateway_error"
-        raise
     finally:
-        resp.close(reuse=reuse)
-        tail = norm.close(cause)
-        if on_close is not None:
-            on_close(norm, overhead)
-    yield tail
-
-
-async def ended(
-    norm: StreamNormalizer, cause: str, on_close: OnClose | None = None
-) -> AsyncIterator[bytes]:
-    """A stream that never got its first upstream event (every attempt timed out)."""
-    tail = norm.close(cause)
-    if on_close is not None:
-        on_close(norm, 0.0)
-    yield tail
+        source.close(reuse=reuse)
+    return norm.close(cause)
 
 
 def normalize_response(

@@ -20,6 +20,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.profiles import parse_profiles
+from gateway.server import config as server_config
 from gateway.settings import Settings
 
 
@@ -133,7 +134,9 @@ def run_gateway(
         watch=watch,
         api_keys=api_keys,
     )
-    config_ = uvicorn.Config(create_app(settings, profiles), log_level="warning", lifespan="on")
+    config_ = server_config(
+        create_app(settings, profiles), settings, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config_)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

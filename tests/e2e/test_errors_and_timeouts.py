@@ -111,7 +111,6 @@ def test_unknown_path_and_method(gateway: GatewayServer) -> None:
 @pytest.mark.parametrize(
     ("script", "termination", "text"),
     [
-        ({"first_token_delay": 5}, "first_token_timeout", ""),
         ({"stall_after": 2, "stall_for": 5}, "idle_timeout", "Okay,"),
         ({"token_delay": 0.3}, "total_timeout", None),
     ],
@@ -130,6 +129,25 @@ def test_stream_timeouts_end_with_length_and_cause(
     got = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in e["choices"])
     if text is not None:
         assert got == text
+    deadline = time.monotonic() + 5
+    while fresh_sim.stats()["cancelled"] < 1:  # the upstream request was closed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_stream_first_token_timeout_is_504_before_the_first_byte(
+    raw: Any, fresh_sim: SimProcess
+) -> None:
+    """Nothing reached the client and no backend produced a first token in time: an HTTP
+    error the SDKs understand (and may retry), not a stream that looks finished."""
+    t0 = time.monotonic()
+    status, headers, body = raw(
+        "/chat/completions",
+        {"model": "hasty", "messages": USER, "stream": True, "sim": {"first_token_delay": 5}},
+    )
+    assert time.monotonic() - t0 < 4
+    assert status == 504 and headers["content-type"] == "application/json"
+    assert_openai_error(body, "first_token_timeout")
     deadline = time.monotonic() + 5
     while fresh_sim.stats()["cancelled"] < 1:  # the upstream request was closed
         assert time.monotonic() < deadline
