@@ -48,6 +48,10 @@ class ServerLimits:
 _DEFAULT_LIMITS = ServerLimits()
 
 
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a refused request head."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounded request heads (see module doc)."""
 
@@ -59,6 +63,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        #: (status, message) once the head was refused
+        self._refusal: tuple[int, str] | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -76,8 +82,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self._limits.max_header_bytes:
                 self._refuse(431, "Request header fields too large.")
-            elif self._head_count > self._limits.max_headers:
-                self._refuse(431, "Too many request header fields.")
 
     def shutdown(self) -> None:
         gateway = self.app_state.get(SHUTDOWN_KEY)
@@ -97,15 +101,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_count += 1
-        if self._head_count <= self._limits.max_headers:
-            super().on_header(name, value)
+        if self._head_count > self._limits.max_headers:
+            self._refusal = (431, "Too many request header fields.")
+            # stops the parser; uvicorn answers through send_400_response (below)
+            raise _HeadRefused
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
-        if self._head_count > self._limits.max_headers:
-            return  # refused in data_received; never reaches the app
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+        else:
+            super().send_400_response(msg)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -126,6 +137,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(408, "Request header timeout.")
 
     def _refuse(self, status: int, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        self._refusal = (status, message)
         body = message.encode()
         self.transport.write(
             b"".join(

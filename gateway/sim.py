@@ -236,7 +236,14 @@ class SimVLLM:
                 stop_reason,
                 prompt_tokens,
             )
-        await asyncio.sleep(sim.get("first_token_delay", 0) + self.token_delay * len(emitted))
+        self.active += 1
+        try:  # a client that leaves a non-stream request cancels it, as in vLLM
+            await asyncio.sleep(sim.get("first_token_delay", 0) + self.token_delay * len(emitted))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
         text = "".join(p for _, p in emitted)
         reasoning: str | None = None
         content: str | None = text

@@ -7,24 +7,25 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import SimProcess, assert_well_ended, free_port, run_gateway, run_sim, sse_events
+from tests.helpers import (
+    SimProcess,
+    assert_well_ended,
+    free_port,
+    run_gateway,
+    run_sim,
+    sse_events,
+    wait_for,
+)
 
 USER = [{"role": "user", "content": "hi"}]
 HEALTH = "health: {interval: 0.2, timeout: 0.5, eject_after: 1, cooloff: 0.5}"
 NO_PROBES = "health: {interval: 0, eject_after: 1, cooloff: 5}"
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def backends_yaml(urls: list[str], weights: list[int] | None = None) -> str:
