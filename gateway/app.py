@@ -24,11 +24,12 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import AdminAuthError, MethodNotAllowed, NotFound, ProfileError
+from .errors import AdminAuthError, MethodNotAllowed, ModelNotFound, NotFound, ProfileError
 from .handler import Gateway
 from .metrics import GatewayMetrics, StateCollector
 from .pool import BackendPool
@@ -79,10 +80,29 @@ class GatewayApp:
     FastAPI's middleware stack wraps every ``send`` of every chunk, which measured about a
     fifth of the gateway's CPU under streaming load."""
 
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: FastAPI, cors_origins: tuple[str, ...] = ()) -> None:
         self.api = api
+        self._entry: ASGIApp = self._route
+        if cors_origins:  # off by default; when on, it answers preflights for every route
+            self._entry = CORSMiddleware(
+                self._route,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=[
+                    "authorization",
+                    "api-key",
+                    "content-type",
+                    "x-request-id",
+                    "x-gateway-variant",
+                ],
+                expose_headers=["x-request-id", "x-gateway-profile-version", "x-gateway-backend"],
+                max_age=600,
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             root = scope.get("root_path") or ""
@@ -112,6 +132,7 @@ def create_app(
     metrics go to ``registry`` (a fresh one by default)."""
     tokenizer_cache = tokenizers or TokenizerCache()
     metrics = GatewayMetrics(registry or CollectorRegistry())
+    started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -163,17 +184,26 @@ def create_app(
     def gw(request: Request) -> Gateway:
         return request.app.state.gateway  # type: ignore[no-any-return]
 
-    async def models(request: Request) -> Response:
+    def visible_models(request: Request) -> list[str]:
+        """The public model names the caller's key may use (all without keys)."""
         g = gw(request)
         snapshot = g.profiles
         key = g.admission.authenticate(snapshot, header_map(request.scope["headers"]))
-        created = int(time.time())
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
-            for name in snapshot.models
-            if allows(key, name)
-        ]
+        return [name for name in snapshot.models if allows(key, name)]
+
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "gateway"}
+
+    async def models(request: Request) -> Response:
+        data = [model_object(name) for name in visible_models(request)]
         return json_response({"object": "list", "data": data})
+
+    async def model(request: Request) -> Response:
+        """``client.models.retrieve``: a model the key may not use looks absent."""
+        name = request.path_params["model_id"]
+        if name not in visible_models(request):
+            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        return json_response(model_object(name))
 
     async def health(request: Request) -> Response:
         g = gw(request)
@@ -231,6 +261,7 @@ def create_app(
     app.add_route("/admin/profiles", admin_profiles, methods=["GET"])
     app.add_route("/admin/reload", admin_reload, methods=["POST"])
     app.add_api_route("/v1/models", models, methods=["GET"], response_class=Response)
+    app.add_api_route("/v1/models/{model_id:path}", model, methods=["GET"], response_class=Response)
 
     async def metrics_route(request: Request) -> Response:
         g = gw(request)
@@ -263,7 +294,7 @@ def create_app(
     app.add_exception_handler(Exception, on_error)
     app.add_exception_handler(StarletteHTTPException, on_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    return GatewayApp(app)
+    return GatewayApp(app, settings.cors_origins)
 
 
 def app_from_env() -> GatewayApp:

@@ -17,6 +17,7 @@
         +-- UpstreamStatusError       the backend answered 4xx/5xx: its OpenAI error fields
         +-- UpstreamTimeout           504 (before a response) / stream end; .phase names it
         +-- UpstreamProtocolError     502: the backend sent something we cannot read
+        +-- UpstreamAborted           502: vLLM aborted the request (partial answer)
 
     ProfileError                      profile file invalid (load/reload); never an HTTP answer
     ClientDisconnected                the client left; nobody to answer
@@ -130,6 +131,10 @@ class UpstreamDisconnected(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+
+
+class UpstreamAborted(UpstreamError):
+    code = "upstream_abort"
 
 
 class UpstreamStatusError(UpstreamError):

@@ -32,6 +32,7 @@ from .errors import (
     GatewayError,
     ServiceUnavailable,
     TimeoutPhase,
+    UpstreamAborted,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
@@ -41,7 +42,7 @@ from .errors import (
 from .metrics import GatewayMetrics, RequestRecord
 from .pool import BackendPool
 from .profiles import Backend, Profile
-from .protocol import ENDPOINT_PATHS, Endpoint, render_error
+from .protocol import ENDPOINT_PATHS, FINISH_REPAIRS, Endpoint, render_error
 from .reload import ProfileStore
 from .security import Admission, Ticket
 from .settings import Settings
@@ -145,7 +146,7 @@ class Gateway:
         self.upstream = upstream
         self.pool = pool
         self.metrics = metrics
-        self.admission = Admission(settings.api_keys)
+        self.admission = Admission(settings.api_keys, settings.api_key_header)
         self.shutting_down = False
         self._exchanges: set[Exchange] = set()
 
@@ -363,9 +364,10 @@ class Gateway:
             endpoint=t.endpoint,
             stop_text=profile.stop_text,
             include_usage=wants_usage,
-            n=int(t.body.get("n") or 1),
+            n=choice_count(t.body),
             reasoning=profile.reasoning,
             assistant_prefix=profile.assistant_prefix,
+            termination=profile.stream_termination,
         )
         ex.norm = norm
         await ex.start(200, _SSE_HEADERS)
@@ -383,6 +385,11 @@ class Gateway:
             raise UpstreamProtocolError("upstream sent a response that is not JSON") from None
         if not isinstance(obj, dict):
             raise UpstreamProtocolError("upstream sent an unexpected response")
+        if profile.stream_termination == "error" and any(
+            isinstance(ch, dict) and ch.get("finish_reason") in FINISH_REPAIRS
+            for ch in obj.get("choices") or ()
+        ):
+            raise UpstreamAborted("The model server aborted the request; the answer is incomplete.")
         obj = normalize_response(
             obj,
             public_model=profile.name,
@@ -414,6 +421,16 @@ class Gateway:
             rec.ttft = norm.first_text_at - rec.started
         if norm.first_content_at is not None:
             rec.ttfc = norm.first_content_at - rec.started
+
+
+def choice_count(body: dict[str, Any]) -> int:
+    """How many choices the upstream streams: ``n`` per prompt, and a completion request
+    may carry a list of prompts (strings or token-id lists)."""
+    n = int(body.get("n") or 1)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        n *= len(prompt)
+    return n
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> str:

@@ -34,6 +34,7 @@ TERMINATION = {
     "client_disconnect": "client_disconnect",
     "upstream_disconnect": "upstream_error",
     "upstream_error": "upstream_error",
+    "upstream_abort": "upstream_abort",
     "shutdown": "shutdown",
     "gateway_error": "gateway_error",
 }

@@ -40,6 +40,9 @@ class TimeoutsSpec(_Strict):
     first_token: float = Field(default=60, gt=0)
     idle: float = Field(default=15, gt=0)
     total: float = Field(default=600, gt=0)
+    #: seconds of nothing forwarded on an open stream before an SSE comment is sent (keeps
+    #: client read timeouts and proxies from cutting a model that thinks in silence); 0: off
+    heartbeat: float = Field(default=10, ge=0)
 
 
 class HealthSpec(_Strict):
@@ -94,6 +97,7 @@ class TimeoutOverrides(_Strict):
     first_token: float | None = Field(default=None, gt=0)
     idle: float | None = Field(default=None, gt=0)
     total: float | None = Field(default=None, gt=0)
+    heartbeat: float | None = Field(default=None, ge=0)
 
 
 class BackendSpec(_Strict):
@@ -192,6 +196,10 @@ class ModelSpec(_Strict):
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
     #: largest ``n`` (choices per request)
     max_n: int = Field(default=4, ge=1, le=128)
+    #: how a stream the gateway must cut after its first byte ends (timeout, upstream drop
+    #: or abort, shutdown): ``error``: an OpenAI error event, then [DONE] (SDKs raise);
+    #: ``graceful``: a final chunk with ``finish_reason: length`` and ``gateway_termination``
+    stream_termination: Literal["error", "graceful"] = "error"
 
     @field_validator("stop_token_ids")
     @classmethod
@@ -249,6 +257,7 @@ class Timeouts:
     first_token: float
     idle: float
     total: float
+    heartbeat: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +304,7 @@ class Profile:
     max_tokens_limit: int | None = None
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
     max_n: int = 4
+    stream_termination: Literal["error", "graceful"] = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +434,7 @@ def _resolve_one(
             first_token=t.first_token or base.first_token,
             idle=t.idle or base.idle,
             total=t.total or base.total,
+            heartbeat=base.heartbeat if t.heartbeat is None else t.heartbeat,
         ),
         reasoning=None
         if r is None
@@ -441,6 +452,7 @@ def _resolve_one(
         max_tokens_limit=m.max_tokens_limit,
         max_tokens_policy=m.max_tokens_policy,
         max_n=m.max_n,
+        stream_termination=m.stream_termination,
     )
 
 

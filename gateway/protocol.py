@@ -74,7 +74,8 @@ class StreamOptions(_Open):
 
 
 class ChatMessage(_Open):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    #: OpenAI's roles and custom ones (``ipython`` for Llama 3.1 tools): vLLM accepts any
+    role: str = Field(min_length=1, max_length=64)
     content: str | list[dict[str, Any]] | None = None
 
 

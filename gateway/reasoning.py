@@ -90,7 +90,15 @@ class ThinkSplitter:
 class ReasoningStream:
     """One choice's reasoning handling on a chat stream (after the stop-text scrub)."""
 
-    __slots__ = ("chars", "prefix", "rules", "splitter", "unterminated_text", "upstream_split")
+    __slots__ = (
+        "answering",
+        "chars",
+        "prefix",
+        "rules",
+        "splitter",
+        "unterminated_text",
+        "upstream_split",
+    )
 
     def __init__(self, rules: ReasoningRules, assistant_prefix: str = "") -> None:
         self.rules = rules
@@ -100,6 +108,8 @@ class ReasoningStream:
             else None
         )
         self.upstream_split = False
+        #: answer text has started (after upstream-split reasoning)
+        self.answering = False
         #: reasoning characters seen (also in ``hide`` mode)
         self.chars = 0
         #: text streamed as reasoning while no ``</think>`` closed it (see module doc)
@@ -129,6 +139,15 @@ class ReasoningStream:
             self.upstream_split = True
             self._put(delta, upstream, None)
         text = delta.get("content")
+        if self.upstream_split and not self.answering and isinstance(text, str):
+            # vLLM's reasoning parser leaves the newlines after </think> at the start of the
+            # answer; the gateway's own splitter drops them: the same result both ways
+            text = text.lstrip("\n")
+            if text:
+                self.answering = True
+                delta["content"] = text
+            else:
+                delta.pop("content", None)
         if isinstance(text, str) and text:
             if self.prefix:
                 text, self.prefix = self.prefix + text, ""
@@ -187,6 +206,8 @@ def split_message(
         if isinstance(value, str) and upstream is None:
             upstream = value
     text = message.get("content")
+    if upstream is not None and isinstance(text, str):
+        text = message["content"] = text.lstrip("\n") or None  # as in the stream
     reasoning: str | None = upstream
     if rules.mode == "inline" and assistant_prefix and isinstance(text, str):
         message["content"] = assistant_prefix + text

@@ -71,14 +71,17 @@ class KeyRing:
         return bool(self.keys)
 
     def authenticate(self, authorization: bytes | None) -> ClientKey | None:
-        """The key presented as ``Authorization: Bearer <key>``; None when keys are off."""
+        """The key presented as ``Authorization: Bearer <key>``; None when keys are off.
+
+        The key's bytes are hashed as sent: a key configured as UTF-8 text matches the
+        same key sent as UTF-8 bytes."""
         if not self.keys:
             return None
-        raw = (authorization or b"").decode("latin-1")
-        scheme, _, token = raw.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = (authorization or b"").partition(b" ")
+        token = token.strip(b" \t")
+        if scheme.lower() != b"bearer" or not token:
             raise AuthError("Missing API key: send Authorization: Bearer <key>.")
-        presented = digest(token.strip())
+        presented = hashlib.sha256(token).digest()
         found = None
         for key in self.keys:  # every digest compared, in constant time each
             if hmac.compare_digest(presented, key.digest):
@@ -148,7 +151,7 @@ class RateLimiter:
 
 
 #: headers that must appear at most once (the first and the last copy could disagree)
-_SINGLE_HEADERS = frozenset({b"authorization", b"content-length", b"x-gateway-variant"})
+_SINGLE_HEADERS = frozenset({b"authorization", b"api-key", b"content-length", b"x-gateway-variant"})
 VARIANT_HEADER = b"x-gateway-variant"
 
 
@@ -206,8 +209,10 @@ class Ticket:
 class Admission:
     """Keys, rate limits and concurrency caps of one process (see module doc)."""
 
-    def __init__(self, env_keys: tuple[str, ...] = ()) -> None:
+    def __init__(self, env_keys: tuple[str, ...] = (), api_key_header: bool = False) -> None:
         self.gate = ConcurrencyGate()
+        #: accept ``api-key: <key>`` (Azure style) as well as ``Authorization: Bearer``
+        self.api_key_header = api_key_header
         self._env_keys = [ClientKey(digest(k)) for k in env_keys]
         self._keyring: tuple[str, KeyRing] | None = None
         self._rate: RateLimiter | None = None
@@ -225,7 +230,12 @@ class Admission:
         return self._rate
 
     def authenticate(self, snapshot: ProfileSet, headers: dict[bytes, bytes]) -> ClientKey | None:
-        return self.keyring(snapshot).authenticate(headers.get(b"authorization"))
+        authorization = headers.get(b"authorization")
+        if self.api_key_header and b"api-key" in headers:
+            if authorization is not None:
+                raise RequestError("Send the key in Authorization or in api-key, not both.")
+            authorization = b"Bearer " + headers[b"api-key"]
+        return self.keyring(snapshot).authenticate(authorization)
 
     async def admit(
         self,

@@ -38,6 +38,10 @@ class Settings:
     #: addresses of proxies whose X-Forwarded-For / -Proto are trusted (comma-separated,
     #: e.g. "10.0.0.0/8"); empty: none, the peer address is the client's address
     forwarded_allow_ips: str = ""
+    #: browser origins allowed to call the API (comma-separated, or "*"); empty: CORS off
+    cors_origins: tuple[str, ...] = ()
+    #: also accept the key as an Azure-style ``api-key`` header (not both headers at once)
+    api_key_header: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -1,13 +1,20 @@
 """The stream contract: whatever the upstream sends, the client gets well-formed SSE that
-ends with exactly one final chunk per choice (finish_reason from OpenAI's set) and
-``data: [DONE]`` -- or, for an upstream error event, that error event and ``[DONE]``.
+ends with ``data: [DONE]`` after exactly one of:
+
+* one final chunk per choice, with a ``finish_reason`` from OpenAI's set (a normal end, a
+  stop string the gateway caught, a repaired ``null`` finish); or
+* one OpenAI error event ``{"error": {...}}``: the upstream's own error event, or -- with
+  ``stream_termination: error``, the default -- the reason the gateway cut the stream after
+  its first byte (``idle_timeout``, ``total_timeout``, ``upstream_disconnect``,
+  ``upstream_abort``, ``server_shutting_down``), so that SDKs raise instead of returning a
+  partial answer that looks complete. With ``stream_termination: graceful`` such a stream
+  ends with final chunks instead (``finish_reason: length`` plus the side fields
+  ``upstream_finish_reason`` and ``gateway_termination``), for front ends that prefer it.
 
 :class:`StreamNormalizer` is sans-I/O (payloads in, frames out); :func:`relay` drives it
-from an upstream response under the named timeouts. Final chunks are built in one place,
-:meth:`StreamNormalizer.close`. Side fields on a repaired final choice:
-``upstream_finish_reason`` (what the upstream said, possibly null) and
-``gateway_termination`` (why the gateway ended it: ``stop_text``, ``first_token_timeout``,
-``idle_timeout``, ``total_timeout``, ``upstream_disconnect``).
+from an upstream response under the named timeouts and sends heartbeats (SSE comments)
+while nothing is forwarded. Stream ends are built in one place,
+:meth:`StreamNormalizer.close`.
 """
 
 from __future__ import annotations
@@ -16,26 +23,52 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from .errors import UpstreamDisconnected, UpstreamError
 from .profiles import ReasoningRules, Timeouts
 from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, error_body, sse_frame
-from .reasoning import ReasoningStream, split_message
+from .reasoning import UPSTREAM_FIELDS, ReasoningStream, split_message
 from .sse import SSEDecoder
 from .stoptext import StopTextMatcher
 
-#: how each gateway termination cause is reported as a finish_reason
-_CAUSE_FINISH = {
-    "stop_text": "stop",
-    "first_token_timeout": "length",
-    "idle_timeout": "length",
-    "total_timeout": "length",
-    "upstream_disconnect": "length",
-    "shutdown": "length",
+HEARTBEAT_FRAME = b": keep-alive\n\n"
+
+#: why the gateway cut a stream -> (error type, code, message) for the error event
+_CUT_ERRORS = {
+    "idle_timeout": (
+        "timeout_error",
+        "idle_timeout",
+        "The model stopped sending for longer than the idle timeout; the answer is incomplete.",
+    ),
+    "total_timeout": (
+        "timeout_error",
+        "total_timeout",
+        "The request ran past its total time limit; the answer is incomplete.",
+    ),
+    "upstream_disconnect": (
+        "upstream_error",
+        "upstream_disconnect",
+        "The connection to the model server broke; the answer is incomplete.",
+    ),
+    "upstream_abort": (
+        "upstream_error",
+        "upstream_abort",
+        "The model server aborted the request; the answer is incomplete.",
+    ),
+    "shutdown": (
+        "server_error",
+        "server_shutting_down",
+        "The gateway is shutting down; the answer is incomplete. Retry the request.",
+    ),
+    "gateway_error": ("server_error", "internal_error", "Internal gateway error."),
 }
+#: graceful ends report these causes as a finish_reason
+_CAUSE_FINISH = {"stop_text": "stop"}
+
+Termination = Literal["error", "graceful"]
 
 
 def normalize_finish(reason: Any) -> str:
@@ -56,7 +89,10 @@ class _Choice:
 
 
 class StreamNormalizer:
-    """Rewrites upstream chunks for the client and tracks what is still owed to it."""
+    """Rewrites upstream chunks for the client and tracks what is still owed to it.
+
+    ``n`` is the number of choices the upstream streams (``n`` times the number of prompts
+    for a list of prompts); an index outside ``range(n)`` is a protocol error."""
 
     def __init__(
         self,
@@ -68,6 +104,7 @@ class StreamNormalizer:
         n: int = 1,
         reasoning: ReasoningRules | None = None,
         assistant_prefix: str = "",
+        termination: Termination = "error",
     ) -> None:
         self.public_model = public_model
         self.chat = endpoint == "chat"
@@ -75,6 +112,7 @@ class StreamNormalizer:
         self.assistant_prefix = assistant_prefix
         self.stop_text = stop_text
         self.include_usage = include_usage
+        self.termination = termination
         self._n = n
         self._choices: dict[int, _Choice] = {}
         self._n_finished = 0
@@ -83,13 +121,17 @@ class StreamNormalizer:
         self._created: int | None = None
         #: the upstream sent ``[DONE]``
         self.saw_done = False
-        #: an error event was relayed; the stream ends with ``[DONE]`` only
+        #: an error event was sent; the stream ends with ``[DONE]`` only
         self.errored = False
-        #: nothing more is wanted from the upstream (all choices finished by stop text)
-        self.stop_reading = False
+        #: the normalizer saw the end of what the client gets, before the upstream's end:
+        #: "stop_text" (every choice finished, one by a stop string) or "upstream_error" (an
+        #: error or unreadable event); nothing more is read from the upstream
+        self.ended: str | None = None
+        #: vLLM sent an abort/error finish (error mode: the stream ends with an error event)
+        self.aborted = False
         #: the upstream's usage object, when it sent one
         self.usage: dict[str, Any] | None = None
-        #: the gateway's termination cause, once :meth:`close` ran
+        #: why the stream ended, once :meth:`close` ran (None: the upstream ended it)
         self.cause: str | None = None
         #: (upstream finish_reason, normalized) of each choice, as they end
         self.finishes: list[tuple[Any, str]] = []
@@ -123,7 +165,7 @@ class StreamNormalizer:
         if payload == b"[DONE]":
             self.saw_done = True
             return []
-        if self.errored or self.stop_reading:
+        if self.ended is not None:
             return []
         try:
             obj = orjson.loads(payload)
@@ -137,13 +179,18 @@ class StreamNormalizer:
             )
         choices = obj.get("choices")
         if choices is not None and not (
-            isinstance(choices, list) and all(isinstance(c, dict) for c in choices)
+            isinstance(choices, list)
+            and all(
+                isinstance(c, dict) and type(i := c.get("index", 0)) is int and 0 <= i < self._n
+                for c in choices
+            )
         ):
             return self._error(
                 "upstream sent an unexpected stream event", "upstream_protocol_error"
             )
         if choices is None and "error" in obj:
             self.errored = True
+            self.ended = "upstream_error"
             err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
             return [sse_frame({"error": err})]
         if self._id is None:
@@ -168,25 +215,37 @@ class StreamNormalizer:
             return []
         kept = []
         for ch in choices:
-            index = ch.get("index", 0)
-            st = self._choice(index if isinstance(index, int) and 0 <= index < 1024 else 0)
+            st = self._choice(ch.get("index", 0))
             if st.finished:
                 continue  # a second finish or text after it: the client already has its end
             st.started = True
             if self._scrub(ch, st):
                 kept.append(ch)
+        if (
+            self.ended is None
+            and self._all_finished
+            and any(c.matcher and c.matcher.hit for c in self._choices.values())
+        ):
+            self.ended = "stop_text"
         if not kept:
             return []
         if self.first_content_at is None:
             self._note_first_text(kept)
         obj["choices"] = kept
-        if self._all_finished and any(c.matcher and c.matcher.hit for c in self._choices.values()):
-            self.stop_reading = True
         return [sse_frame(obj)]
 
     def _scrub(self, ch: dict[str, Any], st: _Choice) -> bool:
         """Stop text, reasoning split and finish normalization of one choice; False = drop."""
         reason = ch.get("finish_reason")
+        if reason in FINISH_REPAIRS and self.termination == "error":
+            # vLLM aborted the request: the text so far goes out, then the error event
+            # (reading goes on to [DONE], for the usage counts)
+            self.finishes.append((reason, "error"))
+            ch["finish_reason"] = None
+            self.aborted = True
+            self._scrub(ch, st)
+            st.finished = True  # nothing more for it; the stream ends with the error event
+            return True
         holder = ch.get("delta") if self.chat else ch
         if not isinstance(holder, dict):
             holder = ch["delta"] = {}
@@ -198,6 +257,7 @@ class StreamNormalizer:
             out, hit = m.feed(text if isinstance(text, str) else "")
             if not hit and reason is not None:
                 out += m.flush()
+                hit = m.hit
             if isinstance(text, str) or out:
                 holder[key] = out
             if hit:
@@ -207,6 +267,8 @@ class StreamNormalizer:
                 ch["gateway_termination"] = "stop_text"
                 self.stop_text_hits += 1
         rs = st.reasoning
+        # text or reasoning the processing below may hold back or hide
+        carried = bool(text) or (rs is not None and any(f in holder for f in UPSTREAM_FIELDS))
         if rs is not None:
             rs.delta(holder)
         if hit or reason is not None:
@@ -220,10 +282,12 @@ class StreamNormalizer:
                 rs.finish(holder, ch, ch["finish_reason"])
             self.finishes.append((reason, ch["finish_reason"]))
             return True
-        if self.chat and isinstance(text, str) and text:
-            # The text was held back (stop-text prefix, partial tag) or hidden: send a chunk
-            # only if something is left in it.
-            return any(v for k, v in holder.items() if k != "role")
+        if self.chat and (carried or not holder):
+            # Send the chunk only if something is left in it: text held back (stop-text
+            # prefix, partial tag) and hidden reasoning, split by the gateway or by vLLM,
+            # leave nothing, nor does an empty delta (heartbeats keep the connection alive
+            # meanwhile).
+            return "role" in holder or any(holder.values()) or ch.get("logprobs") is not None
         return True
 
     def _note_first_text(self, choices: list[dict[str, Any]]) -> None:
@@ -249,28 +313,32 @@ class StreamNormalizer:
 
     def _error(self, message: str, code: str) -> list[bytes]:
         self.errored = True
+        self.ended = "upstream_error"
         return [sse_frame(error_body(message, "upstream_error", code=code))]
 
     def close(self, cause: str | None) -> bytes:
-        """The end of the stream: owed final chunks, the held usage chunk, ``[DONE]``.
-        Only the first call counts; later ones return nothing."""
+        """The end of the stream (see module doc). ``cause``: why the gateway ended it, None
+        when the upstream did. Only the first call counts; later ones return nothing."""
         if self._closed:
             return b""
         self._closed = True
-        self.cause = cause
+        self.cause = cause = cause or self.ended or ("upstream_abort" if self.aborted else None)
         if cause == "client_disconnect":
             return b""  # nobody to send it to
-        if cause == "gateway_error":
-            self.errored = True
-            frame = sse_frame(
-                error_body("Internal gateway error", "server_error", code="internal_error")
-            )
-            return frame + DONE_FRAME
         if self.errored:
             return DONE_FRAME
-        finish = _CAUSE_FINISH.get(cause or "", "stop")
+        cut = _CUT_ERRORS.get(cause or "")
+        if cut is not None and self._all_finished and cause != "gateway_error":
+            cut = None  # every choice had its end already: only the upstream's [DONE] was owed
+        if cut is not None and (self.termination == "error" or cause == "gateway_error"):
+            self.errored = True
+            type_, code, message = cut
+            unfinished = sum(not self._choice(i).finished for i in range(self._n))
+            self.finishes += [(None, "error")] * unfinished
+            return sse_frame(error_body(message, type_, code=code)) + DONE_FRAME
+        finish = _CAUSE_FINISH.get(cause or "", "length" if cause else "stop")
         frames = []
-        for index in range(max(self._n, max(self._choices, default=-1) + 1)):
+        for index in range(self._n):
             st = self._choice(index)
             if st.finished:
                 continue
@@ -373,7 +441,9 @@ async def relay(
     perf = time.perf_counter
     source, decoder = opened.source, opened.decoder
     events, eof = opened.first, opened.eof
+    beat = timeouts.heartbeat
     event_deadline = total_deadline
+    next_beat = loop.time() + beat if beat else float("inf")
     cause: str | None = None
     reuse = False
     last_event = perf()
@@ -384,34 +454,44 @@ async def relay(
                 if on_gap is not None:
                     on_gap(t0 - last_event)
                 last_event = t0
-                event_deadline = loop.time() + timeouts.idle
+                now = loop.time()
+                event_deadline = now + timeouts.idle
                 frames = [f for ev in events for f in norm.feed(ev)]
                 norm.overhead += perf() - t0
                 if frames:
                     await emit(frames[0] if len(frames) == 1 else b"".join(frames))
-                if norm.stop_reading or norm.errored:
+                    if beat:
+                        next_beat = now + beat
+                elif now >= next_beat:  # events arrive, but nothing for the client (hidden)
+                    await emit(HEARTBEAT_FRAME)
+                    next_beat = now + beat
+                if norm.ended is not None:
                     break
             if eof:
                 if not norm.saw_done:
                     cause = "upstream_disconnect"
                 reuse = norm.saw_done
                 break
-            deadline = event_deadline if event_deadline < total_deadline else total_deadline
+            deadline = min(event_deadline, total_deadline, next_beat)
             try:
                 async with asyncio.timeout_at(deadline):
                     chunk = await source.read_chunk()
             except TimeoutError:
-                cause = "total_timeout" if deadline == total_deadline else "idle_timeout"
-                break
+                if deadline == total_deadline:
+                    cause = "total_timeout"
+                    break
+                if deadline == event_deadline:
+                    cause = "idle_timeout"
+                    break
+                await emit(HEARTBEAT_FRAME)
+                next_beat = loop.time() + beat
+                events = []
+                continue
             except UpstreamError:
                 cause = "upstream_disconnect"
                 break
             eof = not chunk
             events = decoder.feed(chunk) if chunk else decoder.flush()
-        if norm.stop_reading:
-            cause = "stop_text"
-        elif norm.errored:
-            cause = "upstream_error"
     finally:
         source.close(reuse=reuse)
     return norm.close(cause)

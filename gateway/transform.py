@@ -42,7 +42,11 @@ def _prepend(content: Any, prefix: str) -> Any:
 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-REASONING_FIELDS = ("reasoning", "reasoning_content")
+#: where clients send earlier reasoning back (OpenAI-compatible servers, DeepSeek, litellm
+#: and its ``provider_specific_fields``, Anthropic-style thinking blocks)
+REASONING_FIELDS = frozenset(
+    {"reasoning", "reasoning_content", "reasoning_details", "thinking_blocks", "thinking"}
+)
 
 
 def strip_think(text: str) -> str:
@@ -66,6 +70,13 @@ def strip_history_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, An
     for m in messages:
         if m.get("role") == "assistant":
             m = {k: v for k, v in m.items() if k not in REASONING_FIELDS}
+            extra = m.get("provider_specific_fields")
+            if isinstance(extra, dict):
+                kept = {k: v for k, v in extra.items() if k not in REASONING_FIELDS}
+                if kept:
+                    m["provider_specific_fields"] = kept
+                else:
+                    del m["provider_specific_fields"]
             content = m.get("content")
             if isinstance(content, str):
                 m["content"] = strip_think(content)

@@ -26,6 +26,10 @@ models:
   plain:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
+  graceful:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stream_termination: graceful
   guarded:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
@@ -41,6 +45,11 @@ models:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
     timeouts: {{first_token: 0.5, idle: 0.5, total: 2}}
+  hasty-graceful:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    timeouts: {{first_token: 0.5, idle: 0.5, total: 2}}
+    stream_termination: graceful
   unserved:
     upstream_model: not-on-this-server
     backends: [{{url: "{sim_url}"}}]
@@ -56,6 +65,12 @@ models:
     backends: [{{url: "{sim_url}"}}]
     stop_token_ids: [{R1_EOS}]
     reasoning: {{starts_in_reasoning: true, mode: hide}}
+  think-hide-beat:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stop_token_ids: [{R1_EOS}]
+    reasoning: {{starts_in_reasoning: true, mode: hide}}
+    timeouts: {{heartbeat: 0.25}}
   think-prefix:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]

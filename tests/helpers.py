@@ -183,8 +183,10 @@ def assert_well_ended(events: list[Any], n: int = 1) -> list[dict[str, Any]]:
     assert events.count("[DONE]") == 1
     errors = [e for e in events[:-1] if "error" in e]
     if errors:
-        assert len(errors) == 1 and events[-2] is errors[0]
-        assert not any(c.get("finish_reason") for e in events[:-1] for c in e.get("choices", []))
+        # one OpenAI error event, last before [DONE]; nothing after it
+        assert len(errors) == 1 and events[-2] is errors[0], events[-4:]
+        err = errors[0]["error"]
+        assert isinstance(err, dict) and err.get("message"), err
         return []
     finals: dict[int, dict[str, Any]] = {}
     for e in events[:-1]:

@@ -32,17 +32,26 @@ class FakeSource:
     def __init__(self, steps: Sequence[bytes | float | BaseException]) -> None:
         self.steps = list(steps)
         self.closed: list[bool] = []  # the reuse flag of each close()
+        self._until: float | None = None
 
     async def read_chunk(self) -> bytes:
+        """Like aiohttp's ``readany``: a cancelled read loses nothing (a stall keeps its
+        end time across cancellations)."""
         assert not self.closed, "read after close"
+        loop = asyncio.get_running_loop()
         while self.steps:
-            step = self.steps.pop(0)
+            step = self.steps[0]
             if isinstance(step, float | int):
-                await asyncio.sleep(step)
-            elif isinstance(step, BaseException):
+                if self._until is None:
+                    self._until = loop.time() + step
+                await asyncio.sleep(self._until - loop.time())
+                self._until = None
+                self.steps.pop(0)
+                continue
+            self.steps.pop(0)
+            if isinstance(step, BaseException):
                 raise step
-            else:
-                return step
+            return step
         return b""
 
     def close(self, *, reuse: bool = False) -> None:
@@ -72,14 +81,22 @@ def test_normal_end_reuses_the_connection() -> None:
     assert source.closed == [True]
 
 
-def test_idle_timeout_sends_one_final_chunk_and_closes_upstream() -> None:
+def test_idle_timeout_ends_with_an_error_event_and_closes_upstream() -> None:
     source = FakeSource([chunk("a"), 1.0, chunk("b"), 30.0, chunk("never")])
     (body, norm), elapsed = run_virtual(run_stream(source))
     events = sse_events(body)
-    (final,) = assert_well_ended(events)
-    assert norm.cause == "idle_timeout" and final["gateway_termination"] == "idle_timeout"
+    assert_well_ended(events)
+    assert norm.cause == "idle_timeout" and events[-2]["error"]["code"] == "idle_timeout"
     assert elapsed == pytest.approx(6.0)  # 1 s gap, then exactly the 5 s idle timeout
     assert source.closed == [False]  # closed, not reused: vLLM aborts the request
+
+
+def test_graceful_idle_timeout_sends_one_final_chunk() -> None:
+    source = FakeSource([chunk("a"), 30.0, chunk("never")])
+    (body, _), _ = run_virtual(run_stream(source, termination="graceful"))
+    (final,) = assert_well_ended(sse_events(body))
+    assert final["finish_reason"] == "length" and final["gateway_termination"] == "idle_timeout"
+    assert source.closed == [False]
 
 
 def test_total_timeout_bounds_a_trickling_stream() -> None:
@@ -179,3 +196,30 @@ def test_close_is_idempotent() -> None:
     assert first.endswith(b"data: [DONE]\n\n")
     assert norm.close("client_disconnect") == b""
     assert norm.cause == "idle_timeout"
+
+
+def test_heartbeats_fill_silence_and_do_not_count_as_events() -> None:
+    timeouts = Timeouts(connect=1, first_token=10, idle=30, total=600, heartbeat=10)
+    source = FakeSource([chunk("a"), 25.0, chunk("b"), b"data: [DONE]\n\n"])
+    (body, norm), elapsed = run_virtual(run_stream(source, timeouts))
+    assert body.count(b": keep-alive\n\n") == 2  # at 10 s and 20 s of the 25 s gap
+    assert_well_ended(sse_events(body))
+    assert norm.cause is None and elapsed == pytest.approx(25)
+
+
+def test_heartbeats_while_hidden_reasoning_streams() -> None:
+    """Upstream events keep arriving (the idle timeout never fires) but nothing reaches
+    the client: heartbeats still go out."""
+    from gateway.profiles import ReasoningRules
+
+    rules = ReasoningRules("think_tags", True, ("reasoning_content",), "hide", True)
+    timeouts = Timeouts(connect=1, first_token=10, idle=5, total=600, heartbeat=10)
+    steps: list[bytes | float | BaseException] = [chunk("<think>")]
+    for _ in range(35):
+        steps += [1.0, chunk("thinking ")]
+    steps += [chunk("</think>answer"), chunk(None, "stop"), b"data: [DONE]\n\n"]
+    source = FakeSource(steps)
+    (body, _), elapsed = run_virtual(run_stream(source, timeouts, reasoning=rules))
+    assert body.count(b": keep-alive\n\n") == 3  # at 10, 20 and 30 s
+    assert b"thinking" not in body and b"answer" in body
+    assert elapsed == pytest.approx(35)

@@ -79,7 +79,7 @@ def test_request_latency_token_and_finish_metrics(mgw: tuple[GatewayServer, Path
         value(m, "gateway_finish_reason_total", model="r1", upstream="stop", normalized="stop") == 2
     )
     assert (
-        value(m, "gateway_finish_reason_total", model="r1", upstream="abort", normalized="length")
+        value(m, "gateway_finish_reason_total", model="r1", upstream="abort", normalized="error")
         == 1
     )
     assert value(m, "gateway_overhead_seconds_count") == 4  # every request, the 404 too
