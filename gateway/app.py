@@ -29,7 +29,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import AdminAuthError, MethodNotAllowed, ModelNotFound, NotFound, ProfileError
+from .errors import (
+    AdminAuthError,
+    MethodNotAllowed,
+    MetricsAuthError,
+    ModelNotFound,
+    NotFound,
+    ProfileError,
+)
 from .handler import Gateway
 from .metrics import GatewayMetrics, StateCollector
 from .pool import BackendPool
@@ -44,7 +51,7 @@ from .protocol import (
     render_error,
 )
 from .reload import ProfileStore
-from .security import allows, header_map
+from .security import allows, client_address, header_map
 from .server import LIMITS_KEY, SHUTDOWN_KEY, ServerLimits
 from .settings import Settings
 from .tokens import TokenizerCache
@@ -184,34 +191,45 @@ def create_app(
     def gw(request: Request) -> Gateway:
         return request.app.state.gateway  # type: ignore[no-any-return]
 
-    def visible_models(request: Request) -> list[str]:
+    async def visible_models(request: Request) -> list[str]:
         """The public model names the caller's key may use (all without keys)."""
         g = gw(request)
         snapshot = g.profiles
-        key = g.admission.authenticate(snapshot, header_map(request.scope["headers"]))
+        headers = header_map(request.scope["headers"])
+        key = await g.admission.authenticate(snapshot, headers, client_address(request.scope))
         return [name for name in snapshot.models if allows(key, name)]
 
     def model_object(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": started, "owned_by": "gateway"}
 
     async def models(request: Request) -> Response:
-        data = [model_object(name) for name in visible_models(request)]
+        data = [model_object(name) for name in await visible_models(request)]
         return json_response({"object": "list", "data": data})
 
     async def model(request: Request) -> Response:
         """``client.models.retrieve``: a model the key may not use looks absent."""
         name = request.path_params["model_id"]
-        if name not in visible_models(request):
+        if name not in await visible_models(request):
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
         return json_response(model_object(name))
 
+    def model_backends(g: Gateway) -> list[tuple[str, Any]]:
+        return [
+            (name, b)
+            for name, p in g.profiles.models.items()
+            if p.variant is None
+            for b in p.backends
+        ]
+
     async def health(request: Request) -> Response:
+        """Liveness for anyone who can reach it: states by configured names, never the
+        internal URLs (those are in /admin/profiles)."""
         g = gw(request)
         return json_response(
             {
                 "status": "ok",
                 "profile_version": g.profiles.version,
-                "backends": g.pool.describe(g.profiles.backends()),
+                "backends": g.pool.describe(model_backends(g)),
             }
         )
 
@@ -236,13 +254,16 @@ def create_app(
 
     async def admin_profiles(request: Request) -> Response:
         check_admin(request)
-        store = gw(request).store
+        g = gw(request)
+        store = g.store
         return json_response(
             {
                 **store.current.describe(),
                 "loaded_at": store.loaded_at,
                 "reloads": store.counts,
                 "last_error": store.last_error,
+                "backends": g.pool.describe(model_backends(g), urls=True),
+                "in_flight": g.admission.gate.total,
             }
         )
 
@@ -264,6 +285,11 @@ def create_app(
     app.add_api_route("/v1/models/{model_id:path}", model, methods=["GET"], response_class=Response)
 
     async def metrics_route(request: Request) -> Response:
+        token = settings.metrics_token
+        if token is not None:  # Prometheus sends it (authorization: {credentials: ...})
+            given = header_map(request.scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                raise MetricsAuthError("Invalid metrics token")
         g = gw(request)
         up = [
             (name, b.name, g.pool.available(b))

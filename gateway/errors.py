@@ -9,6 +9,7 @@
     |   +-- RequestTooLarge           413: body over limits.max_body_bytes
     +-- AuthError                     401: missing or wrong client API key
     +-- AdminAuthError                401: missing or wrong admin token
+    +-- MetricsAuthError              401: missing or wrong /metrics token
     +-- TooManyRequests               429: concurrency cap or rate limit (.retry_after)
     +-- ServiceUnavailable            503: the gateway is shutting down
     +-- UpstreamError                 anything the backend did
@@ -97,6 +98,12 @@ class AdminAuthError(GatewayError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_admin_token"
+
+
+class MetricsAuthError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_metrics_token"
 
 
 class TooManyRequests(GatewayError):

@@ -59,8 +59,6 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-#: a non-stream upstream body larger than this is refused (502)
-MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 
 
 class Exchange:
@@ -281,9 +279,7 @@ class Gateway:
             rec.backend = backend.name
             rec.retries = len(tried) - 1
             try:
-                result = await self._attempt(
-                    backend, endpoint, payload, profile, total_deadline, rec, stack
-                )
+                result = await self._attempt(backend, t, payload, total_deadline, rec, stack)
             except UpstreamError as exc:
                 if isinstance(exc, UpstreamStatusError) and exc.client_error:
                     raise  # the backend judged the request itself: another would agree
@@ -308,15 +304,14 @@ class Gateway:
     async def _attempt(
         self,
         backend: Backend,
-        endpoint: Endpoint,
+        ticket: Ticket,
         payload: bytes,
-        profile: Profile,
         total_deadline: float,
         rec: RequestRecord,
         stack: AsyncExitStack,
     ) -> Opened | bytes:
         """One backend: a primed stream, or a whole non-stream body. Raises UpstreamError."""
-        t = profile.timeouts
+        t = ticket.profile.timeouts
         deadline, phase, seconds = total_deadline, "total", t.total
         if rec.stream:
             first_token = asyncio.get_running_loop().time() + t.first_token
@@ -327,7 +322,7 @@ class Gateway:
             async with asyncio.timeout_at(deadline):
                 resp = await self.upstream.post(
                     backend,
-                    ENDPOINT_PATHS[endpoint],
+                    ENDPOINT_PATHS[ticket.endpoint],
                     payload,
                     self.pool.lease(backend),
                     connect_timeout=t.connect,
@@ -336,7 +331,7 @@ class Gateway:
                 stack.callback(resp.close)  # the owner's backstop; idempotent
                 if rec.stream:
                     return await prime(resp, deadline)
-                body = await resp.read_all(MAX_UPSTREAM_BODY)
+                body = await resp.read_all(ticket.snapshot.limits.max_upstream_body_bytes)
             resp.close(reuse=True)
             return body
         except TimeoutError:
@@ -383,10 +378,16 @@ class Gateway:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamProtocolError("upstream sent a response that is not JSON") from None
-        if not isinstance(obj, dict):
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not (
+            choices is None
+            or (isinstance(choices, list) and all(isinstance(c, dict) for c in choices))
+        ):
             raise UpstreamProtocolError("upstream sent an unexpected response")
         if profile.stream_termination == "error" and any(
-            isinstance(ch, dict) and ch.get("finish_reason") in FINISH_REPAIRS
+            isinstance(ch, dict)
+            and isinstance(reason := ch.get("finish_reason"), str)
+            and reason in FINISH_REPAIRS
             for ch in obj.get("choices") or ()
         ):
             raise UpstreamAborted("The model server aborted the request; the answer is incomplete.")

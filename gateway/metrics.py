@@ -39,7 +39,19 @@ TERMINATION = {
     "gateway_error": "gateway_error",
 }
 
+#: upstream finish reasons counted by name; anything else is "other" (bounded label values)
+UPSTREAM_FINISHES = frozenset(
+    {"stop", "length", "tool_calls", "content_filter", "function_call", "abort", "error"}
+)
+
 access_log = logging.getLogger("gateway.access")
+
+
+def finish_label(upstream: Any) -> str:
+    """An upstream finish_reason as a bounded label/log value (a backend controls it)."""
+    if upstream is None:
+        return "none"
+    return upstream if isinstance(upstream, str) and upstream in UPSTREAM_FINISHES else "other"
 
 
 def multiprocess_dir() -> str | None:
@@ -194,9 +206,7 @@ class GatewayMetrics:
         if rec.ttfc is not None:
             kids.ttfc.observe(rec.ttfc)
         for upstream, normalized in rec.finishes:
-            self.finish.labels(
-                m, str(upstream) if upstream is not None else "none", normalized
-            ).inc()
+            self.finish.labels(m, finish_label(upstream), normalized).inc()
         cause = TERMINATION.get(rec.cause or "")
         if cause is not None:
             self.terminations.labels(m, cause).inc()
@@ -268,7 +278,7 @@ def log_access(rec: RequestRecord, duration: float, as_json: bool = False) -> No
         return
     usage = rec.usage or {}
     finishes = [n for _, n in rec.finishes]
-    upstream = [u for u, _ in rec.finishes]
+    upstream = [finish_label(u) for u, _ in rec.finishes]
     ttft = None if rec.ttft is None else round(rec.ttft, 4)
     if not as_json:
         access_log.info(

@@ -181,9 +181,16 @@ class BackendPool:
                 error,
             )
 
-    def describe(self, backends: Iterable[Backend]) -> dict[str, dict[str, object]]:
+    def describe(
+        self, backends: Iterable[tuple[str, Backend]], *, urls: bool = False
+    ) -> dict[str, dict[str, object]]:
+        """``{"<model>/<backend name>": state}``; internal URLs only when ``urls`` (admin)."""
         now = self._clock()
-        return {b.name: {"url": b.url, **self.state(b).describe(now)} for b in backends}
+        out: dict[str, dict[str, object]] = {}
+        for model, b in backends:
+            info = self.state(b).describe(now)
+            out[f"{model}/{b.name}"] = {"url": b.url, **info} if urls else info
+        return out
 
     def available(self, backend: Backend) -> bool:
         return self.state(backend).available(self._clock())

@@ -76,10 +76,14 @@ class LimitsSpec(_Strict):
     key_max_in_flight: int = Field(default=256, ge=1)
     #: requests per key (per client address without keys), e.g. "600/minute"
     key_rate: str | None = None
+    #: a backend's non-stream answer larger than this is refused (502)
+    max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: failed authentications per client address before it gets 429 (brute-force guard)
+    auth_failure_rate: str | None = "30/minute"
     #: ``limits`` storage: memory:// (per replica) or redis://host:6379 (shared)
     rate_storage: str = "memory://"
 
-    @field_validator("key_rate")
+    @field_validator("key_rate", "auth_failure_rate")
     @classmethod
     def _rate(cls, v: str | None) -> str | None:
         if v is not None:
@@ -414,7 +418,9 @@ def _resolve_one(
                 )
                 return None
         backends.append(
-            Backend(name=b.name or urlsplit(b.url).netloc, url=b.url, weight=b.weight, api_key=key)
+            # the default name never shows the internal address (it reaches headers,
+            # metrics labels and logs)
+            Backend(name=b.name or f"b{i}", url=b.url, weight=b.weight, api_key=key)
         )
     t = m.timeouts
     r = m.reasoning

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import (
     GatewayError,
@@ -65,7 +65,10 @@ INTERNAL_ERROR = error_body("Internal gateway error", "server_error", code="inte
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Strict: the types OpenAI documents, no coercion (``"stream": "false"`` is a 400, not a
+    stream to the gateway and a non-stream to vLLM). Unknown fields pass through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(_Open):
@@ -73,31 +76,99 @@ class StreamOptions(_Open):
     continuous_usage_stats: bool | None = None
 
 
+class ContentPart(_Open):
+    type: str = Field(min_length=1, max_length=64)
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs a string `text`")
+        return self
+
+
+class ToolCall(_Open):
+    id: str | None = None
+    type: str | None = None
+    function: dict[str, Any] | None = None
+
+
 class ChatMessage(_Open):
     #: OpenAI's roles and custom ones (``ipython`` for Llama 3.1 tools): vLLM accepts any
     role: str = Field(min_length=1, max_length=64)
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class _Sampling(_Open):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=128)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    user: str | None = None
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool | None = None
+    suffix: str | None = None
+
+
+#: deepest nesting of a request body (orjson reads 1024 levels but writes only 255)
+MAX_DEPTH = 64
+#: a token id counts as this many characters towards ``limits.max_prompt_chars``
+CHARS_PER_TOKEN_ID = 4
+
+
+def measure(value: Any) -> tuple[int, int]:
+    """``(depth, chars)`` of a decoded JSON value: its nesting depth, and the characters of
+    every string in it plus :data:`CHARS_PER_TOKEN_ID` per integer in a list (token ids).
+    Raises :class:`RequestError` past :data:`MAX_DEPTH`. Iterative: any depth is safe."""
+    chars = 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if depth > MAX_DEPTH:
+                raise RequestError(f"The request body is nested deeper than {MAX_DEPTH} levels.")
+        if isinstance(node, dict):
+            for v in node.values():
+                if isinstance(v, str):
+                    chars += len(v)
+                elif isinstance(v, dict | list):
+                    stack.append((v, depth + 1))
+        elif isinstance(node, list):
+            for v in node:
+                if isinstance(v, str):
+                    chars += len(v)
+                elif isinstance(v, int) and not isinstance(v, bool):
+                    chars += CHARS_PER_TOKEN_ID
+                elif isinstance(v, dict | list):
+                    stack.append((v, depth + 1))
+    return deepest, chars
 
 
 Endpoint = Literal["chat", "completions"]
@@ -112,8 +183,9 @@ _MODELS: dict[Endpoint, type[_Sampling]] = {
 }
 
 
-def parse_request(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
-    """Decode and validate a request body; return it as the plain dict the client sent.
+def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], int]:
+    """Decode and validate a request body; return it as the plain dict the client sent,
+    and its size in characters (see :func:`measure`).
 
     Raises :class:`RequestError` naming the offending field.
     """
@@ -123,13 +195,39 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise RequestError(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError("Request body must be a JSON object")
+    _, chars = measure(data)  # the depth bound, before anything walks the body recursively
     try:
         _MODELS[endpoint].model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"])
-        raise RequestError(f"{param}: {err['msg']}", param=param) from None
-    return data
+        errors = [(_param(data, e["loc"]), e["msg"]) for e in exc.errors(include_url=False)]
+        # through a union (str | list of parts), the deepest error is the meaningful one
+        param, msg = max(errors, key=lambda e: len(e[0]))
+        text = ".".join(str(p) for p in param)
+        raise RequestError(f"{text}: {msg}", param=text or None) from None
+    return data, chars
+
+
+def _param(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The error location as a path in the client's JSON: pydantic's union tags
+    (``str``, ``list[ContentPart]``, ...) are not keys of the data and are dropped."""
+    path = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not path_tag(part):
+            node = None  # a missing field: still part of the path
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def path_tag(part: str) -> bool:
+    """pydantic's names for union members and validators, never field names."""
+    return any(c in part for c in "[]-(") or part in ("str", "int", "float", "bool", "list")
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -137,17 +137,34 @@ class RateLimiter:
         self._limiter = MovingWindowRateLimiter(storage_from_string(uri))
         self._items: dict[str, RateLimitItem] = {}
 
-    async def hit(self, rate: str, who: str) -> None:
+    def _item(self, rate: str) -> RateLimitItem:
         item = self._items.get(rate)
         if item is None:
             item = self._items[rate] = parse(rate)
-        if await self._limiter.hit(item, "gateway", who):
-            return
-        stats = await self._limiter.get_window_stats(item, "gateway", who)
+        return item
+
+    async def _refuse(self, item: RateLimitItem, space: str, who: str, message: str) -> None:
+        stats = await self._limiter.get_window_stats(item, space, who)
         retry = math.ceil(stats.reset_time - time.time())
-        raise TooManyRequests(
-            f"Rate limit of {rate} exceeded for this API key.", "rate_limit_exceeded", retry
-        )
+        raise TooManyRequests(message, "rate_limit_exceeded", retry)
+
+    async def hit(self, rate: str, who: str) -> None:
+        item = self._item(rate)
+        if not await self._limiter.hit(item, "gateway", who):
+            await self._refuse(
+                item, "gateway", who, f"Rate limit of {rate} exceeded for this API key."
+            )
+
+    async def check_failures(self, rate: str, address: str) -> None:
+        """429 for an address whose failed authentications are over ``rate``."""
+        item = self._item(rate)
+        if not await self._limiter.test(item, "auth-failures", address):
+            await self._refuse(
+                item, "auth-failures", address, "Too many failed authentications; retry later."
+            )
+
+    async def record_failure(self, rate: str, address: str) -> None:
+        await self._limiter.hit(self._item(rate), "auth-failures", address)
 
 
 #: headers that must appear at most once (the first and the last copy could disagree)
@@ -166,7 +183,7 @@ def header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return out
 
 
-def client_address(scope: dict[str, Any]) -> str:
+def client_address(scope: Any) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "anonymous"
 
@@ -229,13 +246,29 @@ class Admission:
             self._rate = RateLimiter(storage)
         return self._rate
 
-    def authenticate(self, snapshot: ProfileSet, headers: dict[bytes, bytes]) -> ClientKey | None:
+    async def authenticate(
+        self, snapshot: ProfileSet, headers: dict[bytes, bytes], address: str
+    ) -> ClientKey | None:
+        """The caller's key (None when keys are off). Failed attempts are counted per client
+        address; past ``limits.auth_failure_rate`` the address gets 429 without a check."""
+        keyring = self.keyring(snapshot)
+        if not keyring.enabled:
+            return None
+        limits = snapshot.limits
+        rate = limits.auth_failure_rate
+        if rate:
+            await self.rate_limiter(limits.rate_storage).check_failures(rate, address)
         authorization = headers.get(b"authorization")
         if self.api_key_header and b"api-key" in headers:
             if authorization is not None:
                 raise RequestError("Send the key in Authorization or in api-key, not both.")
             authorization = b"Bearer " + headers[b"api-key"]
-        return self.keyring(snapshot).authenticate(authorization)
+        try:
+            return keyring.authenticate(authorization)
+        except AuthError:
+            if rate:
+                await self.rate_limiter(limits.rate_storage).record_failure(rate, address)
+            raise
 
     async def admit(
         self,
@@ -249,21 +282,22 @@ class Admission:
         last, after the body arrived, and its release is pushed on ``stack``."""
         limits = snapshot.limits
         headers = header_map(scope["headers"])
-        key = self.authenticate(snapshot, headers)
+        address = client_address(scope)
+        key = await self.authenticate(snapshot, headers, address)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise RequestTooLarge(limits.max_body_bytes)
-        who = key.id if key else client_address(scope)
+        who = key.id if key else address
         if limits.key_rate:
             await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
-        body = parse_request(await read_body(receive, limits), endpoint)
+        body, chars = parse_request(await read_body(receive, limits), endpoint)
         variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
         name = f"{body['model']}:{variant}" if variant else body["model"]
         profile = snapshot.get(name)
         if profile is None or not allows(key, profile.name):
             # a model the key may not use looks exactly like one that does not exist
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
-        check_request(body, endpoint, profile, limits)
+        check_request(body, endpoint, profile, limits, chars)
         self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
         stack.callback(self.gate.release, who)
         return Ticket(snapshot, profile, key, body, headers, endpoint)

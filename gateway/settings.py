@@ -20,6 +20,8 @@ class Settings:
     max_upstream_connections: int = 0
     #: bearer token for /admin/* (``GATEWAY_ADMIN_TOKEN``); unset = admin routes are off
     admin_token: str | None = None
+    #: bearer token for /metrics (``GATEWAY_METRICS_TOKEN``); unset = /metrics is open
+    metrics_token: str | None = None
     #: client API keys (``GATEWAY_API_KEYS``, comma-separated); kept only as digests later
     api_keys: tuple[str, ...] = ()
     #: reload the profile file when it changes (``GATEWAY_WATCH=0`` turns it off)

@@ -27,11 +27,11 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from .errors import UpstreamDisconnected, UpstreamError
+from .errors import UpstreamDisconnected, UpstreamError, UpstreamProtocolError
 from .profiles import ReasoningRules, Timeouts
 from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, error_body, sse_frame
 from .reasoning import UPSTREAM_FIELDS, ReasoningStream, split_message
-from .sse import SSEDecoder
+from .sse import EventTooLarge, SSEDecoder
 from .stoptext import StopTextMatcher
 
 HEARTBEAT_FRAME = b": keep-alive\n\n"
@@ -237,7 +237,7 @@ class StreamNormalizer:
     def _scrub(self, ch: dict[str, Any], st: _Choice) -> bool:
         """Stop text, reasoning split and finish normalization of one choice; False = drop."""
         reason = ch.get("finish_reason")
-        if reason in FINISH_REPAIRS and self.termination == "error":
+        if isinstance(reason, str) and reason in FINISH_REPAIRS and self.termination == "error":
             # vLLM aborted the request: the text so far goes out, then the error event
             # (reading goes on to [DONE], for the usage counts)
             self.finishes.append((reason, "error"))
@@ -310,6 +310,11 @@ class StreamNormalizer:
     @property
     def reasoning_chars(self) -> int:
         return sum(c.reasoning.chars for c in self._choices.values() if c.reasoning)
+
+    def protocol_error(self, message: str) -> bytes:
+        """The upstream broke the protocol outside any one payload (e.g. an event too
+        large): the error event; the stream then ends with ``[DONE]``."""
+        return b"".join(self._error(message, "upstream_protocol_error"))
 
     def _error(self, message: str, code: str) -> list[bytes]:
         self.errored = True
@@ -413,7 +418,10 @@ async def prime(source: ChunkSource, deadline: float) -> Opened:
             if not events:
                 raise UpstreamDisconnected("upstream ended the stream before its first event")
             return Opened(source, decoder, events, eof=True)
-        events = decoder.feed(chunk)
+        try:
+            events = decoder.feed(chunk)
+        except EventTooLarge as exc:
+            raise UpstreamProtocolError(str(exc)) from exc
         if events:
             return Opened(source, decoder, events, eof=False)
 
@@ -491,7 +499,11 @@ async def relay(
                 cause = "upstream_disconnect"
                 break
             eof = not chunk
-            events = decoder.feed(chunk) if chunk else decoder.flush()
+            try:
+                events = decoder.feed(chunk) if chunk else decoder.flush()
+            except EventTooLarge as exc:
+                await emit(norm.protocol_error(str(exc)))
+                break
     finally:
         source.close(reuse=reuse)
     return norm.close(cause)

@@ -152,22 +152,13 @@ def build_upstream_body(
     return out, wants_usage
 
 
-def _chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(
-            len(p) if isinstance(p, str) else _chars(p.get("text")) if isinstance(p, dict) else 0
-            for p in content
-        )
-    return 0
-
-
 def check_request(
-    body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec
+    body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec, chars: int
 ) -> None:
     """Size limits, ``n`` and ``max_tokens`` rules; clamps ``max_tokens`` in ``body``.
 
+    ``chars`` counts everything that reaches the model: every string of the request (message
+    contents and names, tool definitions and calls, image data URLs, ...) and 4 per token id.
     Raises :class:`RequestError` (400) naming the field."""
     if endpoint == "chat":
         messages = body["messages"]
@@ -176,12 +167,10 @@ def check_request(
                 f"messages: at most {limits.max_messages} messages, got {len(messages)}",
                 param="messages",
             )
-        chars = sum(_chars(m.get("content")) for m in messages)
-    else:
-        chars = _chars(body.get("prompt"))
     if chars > limits.max_prompt_chars:
         raise RequestError(
-            f"the prompt has {chars} characters, more than the limit of {limits.max_prompt_chars}",
+            f"the request has {chars} characters of prompt, tools and other text, more than "
+            f"the limit of {limits.max_prompt_chars}",
             param="messages" if endpoint == "chat" else "prompt",
         )
     n = body.get("n") or 1

@@ -114,7 +114,7 @@ models:
         with run_gateway(profile) as gw:
 
             def state(name: str) -> str:
-                return httpx.get(gw.url + "/health").json()["backends"][name]["state"]
+                return httpx.get(gw.url + "/health").json()["backends"][f"m/{name}"]["state"]
 
             wait_for(lambda: state("b1") == "down", "the probe to mark b1 down")
             assert httpx.get(gw.url + "/ready").status_code == 200  # b0 still serves m
@@ -148,7 +148,7 @@ models:
             for _ in range(6):
                 r = post(gw.url, {"model": "m", "messages": USER})
                 assert r.status_code == 200 and r.headers["x-gateway-backend"] == "b1"
-            info = httpx.get(gw.url + "/health").json()["backends"]["b0"]
+            info = httpx.get(gw.url + "/health").json()["backends"]["m/b0"]
             assert info["state"] == "down" and info["consecutive_failures"] == 2  # then left alone
 
 
