@@ -39,7 +39,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .metrics import GatewayMetrics, RequestRecord
+from .metrics import GapCounts, GatewayMetrics, RequestRecord
 from .pool import BackendPool
 from .profiles import Backend, Profile
 from .protocol import ENDPOINT_PATHS, FINISH_REPAIRS, Endpoint, render_error
@@ -366,8 +366,11 @@ class Gateway:
         )
         ex.norm = norm
         await ex.start(200, _SSE_HEADERS)
-        gap = self.metrics.inter_chunk.labels(rec.model).observe
-        tail = await relay(opened, norm, profile.timeouts, total_deadline, ex.body, on_gap=gap)
+        gaps = GapCounts()
+        try:
+            tail = await relay(opened, norm, profile.timeouts, total_deadline, ex.body, on_gap=gaps)
+        finally:
+            gaps.flush_into(self.metrics.inter_chunk.labels(rec.model))
         await ex.end(tail)
 
     async def _json(

@@ -9,6 +9,7 @@ them; the CLI sets that up for ``--workers`` > 1.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -80,6 +81,42 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     reasoning_chars: int = 0
     error: str | None = None
+
+
+class GapCounts:
+    """Inter-chunk gaps of one stream, counted locally per histogram bucket (a bisect and an
+    increment per chunk instead of ``Histogram.observe``, which costs about 1.6 us) and
+    added to the histogram once, when the stream ends (:meth:`flush_into`)."""
+
+    __slots__ = ("_bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = CHUNK_BUCKETS) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def __call__(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self.total += seconds
+
+    def flush_into(self, child: Any) -> None:
+        """Add the counts to a labelled ``Histogram`` child with the same buckets."""
+        if not any(self.counts):
+            return
+        try:
+            buckets, total = child._buckets, child._sum
+        except AttributeError:  # a prometheus-client without these internals: observe each
+            for i, n in enumerate(self.counts):
+                bound = self._bounds[i] if i < len(self._bounds) else self._bounds[-1] * 2
+                for _ in range(n):
+                    child.observe(bound)
+            return
+        for i, n in enumerate(self.counts):
+            if n:
+                buckets[i].inc(n)
+        total.inc(self.total)
+        self.counts = [0] * len(self.counts)
+        self.total = 0.0
 
 
 @dataclass(slots=True)

@@ -127,6 +127,35 @@ class ReasoningStream:
         if content is not None:
             delta["content"] = content
 
+    def fast_delta(self, key: str, text: str) -> dict[str, str] | None:
+        """The rewritten delta for plain text (``text`` has no ``<``; the caller checked)
+        arriving in field ``key``; ``{}`` when it is hidden; None when the full
+        :meth:`delta` must handle it (a prefix to show, a tag held, newlines to drop)."""
+        if self.prefix:
+            return None
+        if key == "content":
+            if self.upstream_split:
+                return {"content": text} if self.answering else None
+            sp = self.splitter
+            if sp is None:
+                return {"content": text}
+            if sp._held or sp._after_close:
+                return None
+            if not sp.in_reasoning:
+                return {"content": text}
+            if sp.closed:
+                self.unterminated_text.clear()
+            else:
+                self.unterminated_text.append(text)
+        elif key in UPSTREAM_FIELDS:
+            self.upstream_split = True
+        else:
+            return None
+        self.chars += len(text)
+        if self.rules.mode == "hide":
+            return {}
+        return dict.fromkeys(self.rules.fields, text)
+
     def delta(self, delta: dict[str, Any]) -> bool:
         """Rewrite a delta in place; False when nothing is left to send."""
         had_content = "content" in delta

@@ -36,6 +36,18 @@ class SSEDecoder:
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._pending and not self._data and chunk.endswith(b"\n\n"):
+            # The common read: whole one-line ``data:`` events (vLLM's, under any load).
+            parts = chunk.split(b"\n\n")
+            parts.pop()
+            whole = []
+            for part in parts:
+                if part[:6] != b"data: " or b"\n" in part or b"\r" in part:
+                    break
+                whole.append(part[6:])
+            else:
+                if len(chunk) <= self._limit:
+                    return whole
         if b"\n" not in chunk and b"\r" not in chunk:
             # no line ends: keep the piece (no copy of what is already held)
             if chunk:

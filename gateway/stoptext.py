@@ -25,6 +25,11 @@ class StopTextMatcher:
         #: the stop string that matched, once ``hit``
         self.matched: str | None = None
 
+    @property
+    def holding(self) -> bool:
+        """Text is held back (it could begin a stop string)."""
+        return bool(self._held)
+
     def feed(self, text: str) -> tuple[str, bool]:
         if self.hit:
             return "", True

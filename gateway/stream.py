@@ -20,6 +20,8 @@ while nothing is forwarded. Stream ends are built in one place,
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,6 +73,24 @@ _CAUSE_FINISH = {"stop_text": "stop"}
 Termination = Literal["error", "graceful"]
 
 
+@functools.lru_cache(maxsize=256)
+def _char_class(chars: frozenset[str]) -> Callable[[str], Any]:
+    if not chars:
+        return lambda text: None
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]").search
+
+
+def special_chars(
+    stop_text: tuple[str, ...], reasoning: ReasoningRules | None
+) -> Callable[[str], Any]:
+    """``search(text)``: a match where ``text`` has a character that begins a stop string,
+    or ``<`` (a think tag) when reasoning is parsed from the text."""
+    chars = {s[0] for s in stop_text}
+    if reasoning is not None and reasoning.parser == "think_tags" and reasoning.mode != "inline":
+        chars.add("<")
+    return _char_class(frozenset(chars))
+
+
 def normalize_finish(reason: Any) -> str:
     if not isinstance(reason, str):
         return "stop"
@@ -105,6 +125,7 @@ class StreamNormalizer:
         reasoning: ReasoningRules | None = None,
         assistant_prefix: str = "",
         termination: Termination = "error",
+        fast: bool = True,
     ) -> None:
         self.public_model = public_model
         self.chat = endpoint == "chat"
@@ -142,6 +163,9 @@ class StreamNormalizer:
         #: seconds the gateway spent processing this stream's chunks (set by :func:`relay`)
         self.overhead = 0.0
         self._closed = False
+        #: finds a character that could begin a stop string or a think tag (the fast path
+        #: takes only text without one); None turns the fast path off
+        self._special = special_chars(stop_text, self.reasoning) if fast else None
 
     def _choice(self, index: int) -> _Choice:
         st = self._choices.get(index)
@@ -178,6 +202,10 @@ class StreamNormalizer:
                 "upstream sent an unexpected stream event", "upstream_protocol_error"
             )
         choices = obj.get("choices")
+        if self._special is not None and type(choices) is list and len(choices) == 1:
+            fast = self._fast_path(obj, choices[0])
+            if fast is not None:
+                return fast
         if choices is not None and not (
             isinstance(choices, list)
             and all(
@@ -232,6 +260,47 @@ class StreamNormalizer:
         if self.first_content_at is None:
             self._note_first_text(kept)
         obj["choices"] = kept
+        return [sse_frame(obj)]
+
+    def _fast_path(self, obj: dict[str, Any], ch: Any) -> list[bytes] | None:
+        """The common chunk, cheaply: one started choice, one text field, no finish, and no
+        character in the text that could begin a stop string or a think tag, with nothing
+        held back. Returns None for anything else (the full path then handles it); the
+        output is the full path's, byte for byte (tested by a property)."""
+        if type(ch) is not dict or ch.get("finish_reason") is not None or "usage" in obj:
+            return None
+        st = self._choices.get(ch.get("index", 0))
+        if st is None or st.finished or not st.started or ch.get("logprobs") is not None:
+            return None
+        if self.chat:
+            delta = ch.get("delta")
+            if type(delta) is not dict or len(delta) != 1:
+                return None
+            ((key, text),) = delta.items()
+        else:
+            key, text = "text", ch.get("text")
+        assert self._special is not None
+        if type(text) is not str or not text or self._special(text) is not None:
+            return None
+        m = st.matcher
+        if m is not None and m.holding:
+            return None
+        rs = st.reasoning
+        if rs is not None:
+            out = rs.fast_delta(key, text)
+            if out is None:
+                return None
+            if not out:
+                return []  # hidden reasoning: nothing for the client
+            ch["delta"] = out
+        elif key != ("content" if self.chat else "text"):
+            return None
+        if self._id is None:
+            self._id = obj.get("id")
+            self._created = obj.get("created")
+        obj["model"] = self.public_model
+        if self.first_content_at is None:
+            self._note_first_text([ch])
         return [sse_frame(obj)]
 
     def _scrub(self, ch: dict[str, Any], st: _Choice) -> bool:
@@ -374,11 +443,14 @@ class StreamNormalizer:
         return b"".join(frames)
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        if self._id is None:  # nothing came from upstream: one id for the whole stream
+            self._id = f"{'chatcmpl-' if self.chat else 'cmpl-'}gateway-{time.monotonic_ns():x}"
+        if self._created is None:
+            self._created = int(time.time())
         return {
-            "id": self._id or f"{prefix}gateway-{time.monotonic_ns():x}",
+            "id": self._id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": self._created or int(time.time()),
+            "created": self._created,
             "model": self.public_model,
             "choices": choices,
         }
@@ -389,6 +461,8 @@ class ChunkSource(Protocol):
     (:class:`upstream.UpstreamResponse`, or a fake in tests)."""
 
     async def read_chunk(self) -> bytes: ...
+
+    def read_nowait(self) -> bytes: ...
 
     def close(self, *, reuse: bool = False) -> None: ...
 
@@ -482,8 +556,12 @@ async def relay(
                 break
             deadline = min(event_deadline, total_deadline, next_beat)
             try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await source.read_chunk()
+                # what already arrived needs no timer (the common case when the gateway is
+                # busy); only a read that waits is bounded by the next deadline
+                chunk = source.read_nowait()
+                if not chunk:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await source.read_chunk()
             except TimeoutError:
                 if deadline == total_deadline:
                     cause = "total_timeout"

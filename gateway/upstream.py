@@ -109,6 +109,12 @@ class UpstreamResponse:
         with map_client_errors(self.backend.name, "read"):
             return await self._resp.content.readany()
 
+    def read_nowait(self) -> bytes:
+        """The bytes already received, without waiting; ``b""`` if none (or at the end)."""
+        assert self._resp is not None, "read after close"
+        with map_client_errors(self.backend.name, "read"):
+            return self._resp.content.read_nowait()
+
     async def read_all(self, limit: int) -> bytes:
         """The whole body; more than ``limit`` bytes is a protocol error."""
         assert self._resp is not None, "read after close"

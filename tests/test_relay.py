@@ -54,6 +54,13 @@ class FakeSource:
             return step
         return b""
 
+    def read_nowait(self) -> bytes:
+        """Like aiohttp's: bytes already there (the next step, if it is bytes), else b""."""
+        assert not self.closed, "read after close"
+        if self.steps and isinstance(self.steps[0], bytes) and self.steps[0]:
+            return self.steps.pop(0)  # type: ignore[return-value]
+        return b""
+
     def close(self, *, reuse: bool = False) -> None:
         self.closed.append(reuse)
 
