@@ -30,6 +30,7 @@ import orjson
 from .errors import (
     ClientDisconnected,
     GatewayError,
+    RequestError,
     ServiceUnavailable,
     TimeoutPhase,
     UpstreamAborted,
@@ -261,7 +262,10 @@ class Gateway:
         """Try backends until one answers (failover before the first byte), then answer."""
         profile, endpoint = t.profile, t.endpoint
         upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
-        payload = orjson.dumps(upstream_body)
+        try:
+            payload = orjson.dumps(upstream_body)
+        except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
+            raise RequestError("The request body is nested too deeply.") from None
         timeouts = profile.timeouts
         loop = asyncio.get_running_loop()
         total_deadline = loop.time() + timeouts.total
@@ -460,7 +464,10 @@ def affinity_key(profile: Profile, body: dict[str, Any], headers: dict[bytes, by
             system = [m for m in msgs if m.get("role") in ("system", "developer")]
             first_user = next((m for m in msgs if m.get("role") == "user"), None)
             stable = [*system, first_user] if first_user else system
-            return orjson.dumps([m.get("content") for m in stable]).decode()
+            try:
+                return orjson.dumps([m.get("content") for m in stable]).decode()
+            except orjson.JSONEncodeError:
+                return None
         prompt = body.get("prompt")
         return prompt[:512] if isinstance(prompt, str) else None
     return None

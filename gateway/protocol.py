@@ -135,40 +135,54 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
-#: deepest nesting of a request body (orjson reads 1024 levels but writes only 255)
-MAX_DEPTH = 64
 #: a token id counts as this many characters towards ``limits.max_prompt_chars``
 CHARS_PER_TOKEN_ID = 4
 
 
-def measure(value: Any) -> tuple[int, int]:
-    """``(depth, chars)`` of a decoded JSON value: its nesting depth, and the characters of
-    every string in it plus :data:`CHARS_PER_TOKEN_ID` per integer in a list (token ids).
-    Raises :class:`RequestError` past :data:`MAX_DEPTH`. Iterative: any depth is safe."""
+def _text_chars(value: Any, depth: int = 0) -> int:
+    """Characters of the strings in a message (contents, names, tool calls, parts, data
+    URLs), a few levels deep (deeper structure does not reach the model as text)."""
+    if isinstance(value, str):
+        return len(value)
+    if depth > 4:
+        return 0
+    if isinstance(value, dict):
+        return sum(_text_chars(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_chars(v, depth + 1) for v in value)
+    return 0
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """What reaches the model, in characters: every string of the messages (or the prompt,
+    with :data:`CHARS_PER_TOKEN_ID` per token id), the tool and function definitions as
+    JSON, and a completion's ``suffix``."""
     chars = 0
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > deepest:
-            deepest = depth
-            if depth > MAX_DEPTH:
-                raise RequestError(f"The request body is nested deeper than {MAX_DEPTH} levels.")
-        if isinstance(node, dict):
-            for v in node.values():
-                if isinstance(v, str):
-                    chars += len(v)
-                elif isinstance(v, dict | list):
-                    stack.append((v, depth + 1))
-        elif isinstance(node, list):
-            for v in node:
-                if isinstance(v, str):
-                    chars += len(v)
-                elif isinstance(v, int) and not isinstance(v, bool):
-                    chars += CHARS_PER_TOKEN_ID
-                elif isinstance(v, dict | list):
-                    stack.append((v, depth + 1))
-    return deepest, chars
+    messages = body.get("messages")
+    if messages is not None:
+        chars += _text_chars(messages)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        for p in prompt:
+            if isinstance(p, str):
+                chars += len(p)
+            elif isinstance(p, int):
+                chars += CHARS_PER_TOKEN_ID
+            elif isinstance(p, list):
+                chars += CHARS_PER_TOKEN_ID * len(p)
+    for key in ("tools", "functions"):
+        value = body.get(key)
+        if value:
+            try:
+                chars += len(orjson.dumps(value))
+            except orjson.JSONEncodeError:
+                raise RequestError(f"{key}: nested too deeply", param=key) from None
+    suffix = body.get("suffix")
+    if isinstance(suffix, str):
+        chars += len(suffix)
+    return chars
 
 
 Endpoint = Literal["chat", "completions"]
@@ -185,7 +199,7 @@ _MODELS: dict[Endpoint, type[_Sampling]] = {
 
 def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], int]:
     """Decode and validate a request body; return it as the plain dict the client sent,
-    and its size in characters (see :func:`measure`).
+    and its size in characters (see :func:`prompt_chars`).
 
     Raises :class:`RequestError` naming the offending field.
     """
@@ -195,7 +209,6 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], int]:
         raise RequestError(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError("Request body must be a JSON object")
-    _, chars = measure(data)  # the depth bound, before anything walks the body recursively
     try:
         _MODELS[endpoint].model_validate(data)
     except ValidationError as exc:
@@ -204,7 +217,7 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], int]:
         param, msg = max(errors, key=lambda e: len(e[0]))
         text = ".".join(str(p) for p in param)
         raise RequestError(f"{text}: {msg}", param=text or None) from None
-    return data, chars
+    return data, prompt_chars(data)
 
 
 def _param(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
