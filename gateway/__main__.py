@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -151,8 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         from .sim import main as sim_main
 
         return sim_main(argv[1:])
-    level = os.environ.get("GATEWAY_LOG_LEVEL", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .logs import configure
+
+    configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

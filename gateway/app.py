@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import (
     AdminAuthError,
+    GatewayError,
     MethodNotAllowed,
     MetricsAuthError,
     ModelNotFound,
@@ -317,15 +318,25 @@ def create_app(
             log.error("error on %s", request.url.path, exc_info=exc)
         return error_response(exc)
 
-    app.add_exception_handler(Exception, on_error)
+    # GatewayError and HTTPException are answered by the inner exception middleware; only
+    # the gateway's own bugs reach the outermost one (which answers, then re-raises so
+    # uvicorn logs the traceback).
+    app.add_exception_handler(GatewayError, on_error)
     app.add_exception_handler(StarletteHTTPException, on_error)
+    app.add_exception_handler(Exception, on_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return GatewayApp(app, settings.cors_origins)
 
 
 def app_from_env() -> GatewayApp:
-    """The app for ``uvicorn --factory`` (worker processes): settings from the environment."""
-    return create_app(Settings.from_env())
+    """The app for ``uvicorn --factory`` (worker processes): settings from the environment.
+    A worker is a fresh interpreter: it sets up logging itself (else its access log is
+    lost)."""
+    from .logs import configure
+
+    settings = Settings.from_env()
+    configure(settings.log_level)
+    return create_app(settings)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Request handling: one completion request from its first byte to its last.
 
 :meth:`Gateway.serve` is the only entrance to the completion routes. Each request has one
-owner, an ``AsyncExitStack``: everything the request acquires (the concurrency slot, the
+:class:`owner.Owner`: everything the request acquires (the concurrency slot, the
 in-flight gauge, the upstream response with its backend lease, the disconnect watcher) is
 pushed on it when acquired and released by it exactly once, whatever happens: success, an
 error from the backend, a timeout, the client leaving before or during the answer, a bug.
@@ -21,8 +21,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -41,6 +39,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .metrics import GapCounts, GatewayMetrics, RequestRecord
+from .owner import Owner
 from .pool import BackendPool
 from .profiles import Backend, Profile
 from .protocol import ENDPOINT_PATHS, FINISH_REPAIRS, Endpoint, render_error
@@ -112,8 +111,7 @@ class Exchange:
         await self.whole(status, body, [*_JSON_HEADERS, *headers])
 
 
-@contextlib.asynccontextmanager
-async def watch_disconnect(receive: Any, ex: Exchange) -> AsyncIterator[None]:
+def watch_disconnect(receive: Any, ex: Exchange, owner: Owner) -> None:
     """Cancel the request when its client goes away (uvicorn reports a disconnect only to
     ``receive()``; the body has been read, so the next message is the disconnect)."""
 
@@ -122,11 +120,7 @@ async def watch_disconnect(receive: Any, ex: Exchange) -> AsyncIterator[None]:
             pass
         ex.cancel("client_disconnect")
 
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        yield
-    finally:
-        watcher.cancel()
+    owner.push(asyncio.get_running_loop().create_task(watch()).cancel)
 
 
 class Gateway:
@@ -185,21 +179,22 @@ class Gateway:
                 (b"x-gateway-profile-version", snapshot.version.encode()),
             ],
         )
-        async with AsyncExitStack() as stack:
-            stack.callback(self._observe, rec, ex)
+        owner = Owner()
+        owner.push(self._observe, rec, ex)
+        try:
             try:
                 if self.shutting_down:
                     raise ServiceUnavailable("The gateway is shutting down; retry.")
-                ticket = await self.admission.admit(snapshot, scope, receive, endpoint, stack)
+                ticket = await self.admission.admit(snapshot, scope, receive, endpoint, owner)
                 rec.model = ticket.profile.name
                 rec.stream = ticket.body.get("stream") is True
                 gauge = self.metrics.in_flight.labels(rec.model)
                 gauge.inc()
-                stack.callback(gauge.dec)
+                owner.push(gauge.dec)
                 self._exchanges.add(ex)
-                stack.callback(self._exchanges.discard, ex)
-                await stack.enter_async_context(watch_disconnect(receive, ex))
-                await self._proxy(ticket, rec, ex, stack)
+                owner.push(self._exchanges.discard, ex)
+                watch_disconnect(receive, ex, owner)
+                await self._proxy(ticket, rec, ex, owner)
             except asyncio.CancelledError:
                 if ex.cut is None:
                     raise  # not ours (the server is cancelling everything)
@@ -209,6 +204,8 @@ class Gateway:
                 ex.cut = "client_disconnect"
             except Exception as exc:
                 await self._fail(exc, ex, rec)
+        finally:
+            owner.close()
 
     async def _after_cut(self, ex: Exchange) -> None:
         if ex.cut == "client_disconnect":
@@ -256,9 +253,7 @@ class Gateway:
 
     # -- upstream --------------------------------------------------------------------------
 
-    async def _proxy(
-        self, t: Ticket, rec: RequestRecord, ex: Exchange, stack: AsyncExitStack
-    ) -> None:
+    async def _proxy(self, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
         """Try backends until one answers (failover before the first byte), then answer."""
         profile, endpoint = t.profile, t.endpoint
         upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
@@ -283,7 +278,7 @@ class Gateway:
             rec.backend = backend.name
             rec.retries = len(tried) - 1
             try:
-                result = await self._attempt(backend, t, payload, total_deadline, rec, stack)
+                result = await self._attempt(backend, t, payload, total_deadline, rec, owner)
             except UpstreamError as exc:
                 if isinstance(exc, UpstreamStatusError) and exc.client_error:
                     raise  # the backend judged the request itself: another would agree
@@ -312,7 +307,7 @@ class Gateway:
         payload: bytes,
         total_deadline: float,
         rec: RequestRecord,
-        stack: AsyncExitStack,
+        owner: Owner,
     ) -> Opened | bytes:
         """One backend: a primed stream, or a whole non-stream body. Raises UpstreamError."""
         t = ticket.profile.timeouts
@@ -332,7 +327,7 @@ class Gateway:
                     connect_timeout=t.connect,
                     request_id=rec.request_id,
                 )
-                stack.callback(resp.close)  # the owner's backstop; idempotent
+                owner.push(resp.close)  # the owner's backstop; idempotent
                 if rec.stream:
                     return await prime(resp, deadline)
                 body = await resp.read_all(ticket.snapshot.limits.max_upstream_body_bytes)

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import math
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +40,7 @@ from .errors import (
     RequestTooLarge,
     TooManyRequests,
 )
+from .owner import Owner
 from .profiles import LimitsSpec, Profile, ProfileSet
 from .protocol import Endpoint, parse_request
 from .transform import check_request
@@ -276,10 +276,10 @@ class Admission:
         scope: dict[str, Any],
         receive: Any,
         endpoint: Endpoint,
-        stack: AsyncExitStack,
+        owner: Owner,
     ) -> Ticket:
         """Admit one completion request or raise the refusal. The concurrency slot is taken
-        last, after the body arrived, and its release is pushed on ``stack``."""
+        last, after the body arrived, and its release is pushed on ``owner``."""
         limits = snapshot.limits
         headers = header_map(scope["headers"])
         address = client_address(scope)
@@ -299,5 +299,5 @@ class Admission:
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
         check_request(body, endpoint, profile, limits, chars)
         self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
-        stack.callback(self.gate.release, who)
+        owner.push(self.gate.release, who)
         return Ticket(snapshot, profile, key, body, headers, endpoint)

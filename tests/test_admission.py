@@ -4,7 +4,6 @@ concurrency slot is taken only after the body arrived and released exactly once.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from gateway.errors import (
     RequestTooLarge,
     TooManyRequests,
 )
+from gateway.owner import Owner
 from gateway.profiles import parse_profiles
 from gateway.security import Admission, digest
 from tests.virtual_time import run_virtual
@@ -61,10 +61,13 @@ def body(data: bytes = BODY, more: bool = False) -> dict[str, Any]:
 
 
 async def admit(admission: Admission, sc: dict[str, Any], receive: Any) -> Any:
-    async with AsyncExitStack() as stack:
-        ticket = await admission.admit(PROFILES, sc, receive, "chat", stack)
+    owner = Owner()
+    try:
+        ticket = await admission.admit(PROFILES, sc, receive, "chat", owner)
         assert admission.gate.total == 1  # held while the request runs
         return ticket
+    finally:
+        owner.close()
 
 
 def test_admits_and_releases_the_slot_once() -> None:
@@ -136,18 +139,18 @@ def test_concurrency_caps_refuse_with_retry_after() -> None:
     adm = Admission()
 
     async def go() -> list[Any]:
-        held: list[AsyncExitStack] = []
+        held: list[Owner] = []
         results: list[Any] = []
         for client in ("10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3"):
-            stack = AsyncExitStack()
+            owner = Owner()
             try:
-                await adm.admit(PROFILES, scope(client=client), receiver(body()), "chat", stack)
-                held.append(stack)
+                await adm.admit(PROFILES, scope(client=client), receiver(body()), "chat", owner)
+                held.append(owner)
                 results.append("ok")
             except TooManyRequests as exc:
                 results.append((exc.code, exc.retry_after))
-        for stack in held:
-            await stack.aclose()
+        for owner in held:
+            owner.close()
         return results
 
     results, _ = run_virtual(go())

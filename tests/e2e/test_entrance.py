@@ -471,3 +471,16 @@ models:
             # uvicorn re-raises the signal after its clean shutdown: exit status 143
             assert proc.returncode in (0, -signal.SIGTERM)
     wait_for(lambda: sim.stats()["active"] == 0, "upstream requests closed")
+
+
+def test_refusals_on_side_routes_log_no_traceback(
+    keyed: GatewayServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 or 404 is an answer, not an application error for uvicorn to report."""
+    import logging
+
+    caplog.set_level(logging.ERROR)
+    assert httpx.get(keyed.base_url + "/models").status_code == 401
+    assert httpx.get(keyed.url + "/admin/profiles").status_code == 401
+    assert httpx.get(keyed.url + "/nope").status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
