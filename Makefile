@@ -21,10 +21,12 @@ test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) included
 	$(VENV)/bin/gateway check model_profiles.yaml > /dev/null
 	scripts/install-vllm.sh $(VLLM_VENV)
 	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
+	GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
 test-fast: $(VENV)/.installed  ## no real vLLM, nothing slow (about a minute)
-	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) $(VENV)/bin/python -m pytest -m "not vllm and not slow"
+	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
+	$(VENV)/bin/python -m pytest -m "not vllm and not slow"
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench.py --pin

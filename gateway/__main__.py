@@ -27,6 +27,7 @@ models:
     defaults: {temperature: 0.6, top_p: 0.95, max_tokens: 32768}
     prompt: {leading_newline: true, system: merge}
     stop_text: ["<｜end▁of▁sentence｜>"]
+    reasoning: {parser: think_tags, starts_in_reasoning: true}
 """
 
 

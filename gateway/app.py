@@ -40,6 +40,7 @@ from .errors import (
 )
 from .handler import Gateway
 from .metrics import GatewayMetrics, StateCollector
+from .playground import add_playground  # playground (#16)
 from .pool import BackendPool
 from .profiles import ProfileSet, load_profiles
 from .protocol import (
@@ -304,6 +305,7 @@ def create_app(
     app.add_route("/metrics", metrics_route, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"], response_class=Response)
     app.add_api_route("/ready", ready, methods=["GET"], response_class=Response)
+    add_playground(app, settings, visible_models)  # playground (#16): GET /, /playground/*
 
     async def on_error(request: Request, exc: Exception) -> Response:
         """The side routes' error boundary: the same renderer as the completion routes."""

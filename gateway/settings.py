@@ -44,6 +44,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     #: also accept the key as an Azure-style ``api-key`` header (not both headers at once)
     api_key_header: bool = False
+    #: serve the chat page at /playground and the index at / (``GATEWAY_PLAYGROUND=0`` turns
+    #: both off: 404, like any unknown path)
+    playground: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -212,6 +212,9 @@ def test_dockerfile_command_works_from_a_fresh_venv(tmp_path: Path) -> None:
             time.sleep(0.5)
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
         assert "deepseek-r1-distill-qwen-1.5b" in {m["id"] for m in models}
+        # the playground's files are package data: present in a non-editable install
+        for path in ("/playground", "/playground/app.js", "/playground/vendor/katex/katex.min.js"):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
     finally:
         proc.terminate()
         proc.wait(timeout=20)
