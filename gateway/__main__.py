@@ -74,6 +74,9 @@ def _run_workers(settings: Settings, workers: int) -> None:
         cleanup = tempfile.TemporaryDirectory(prefix="gateway-metrics-")
         metrics_dir = cleanup.name
     else:
+        # Created if missing: a fresh emptyDir or tmpfs (the Kubernetes Deployment's /tmp) has
+        # no such directory, and prometheus-client would fail in every worker.
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         for stale in Path(metrics_dir).glob("*.db"):
             stale.unlink()
     # The workers are fresh interpreters: they read everything from the environment.

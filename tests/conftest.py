@@ -101,3 +101,13 @@ def gateway(sim: SimProcess) -> Iterator[GatewayServer]:
 def fresh_sim(sim: SimProcess) -> SimProcess:
     sim.reset()
     return sim
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The numbers the container tests measured (build, size, start, RSS, stop)."""
+    from tests.containers import MEASURED
+
+    if MEASURED:
+        terminalreporter.section("container measurements")
+        for what, value in MEASURED.items():
+            terminalreporter.write_line(f"{what}: {value}")

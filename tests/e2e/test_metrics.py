@@ -179,8 +179,8 @@ def test_metrics_are_right_with_two_workers(tmp_path: Path, sim: SimProcess) -> 
 models:
   r1: {{upstream_model: sim-r1, backends: [{{url: "{sim.url}"}}]}}
 """)
-    metrics_dir = tmp_path / "prom"
-    metrics_dir.mkdir()
+    metrics_dir = tmp_path / "tmp" / "prometheus"  # not made here: the gateway makes it, as
+    # it must in a fresh emptyDir (deploy/k8s: PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with run_gateway_process(path, "--workers", "2", env=env) as (url, _):
         for i in range(30):  # a new connection each time: the kernel spreads them
