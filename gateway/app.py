@@ -117,6 +117,14 @@ class GatewayApp:
             root = scope.get("root_path") or ""
             if root and path.startswith(root):
                 path = path[len(root) :]
+            raw: bytes = scope.get("raw_path") or b""
+            pct = raw.find(b"%")
+            if pct != -1 and not raw[:pct].startswith(root.encode() + b"/v1/models/"):
+                # No route is spelled with percent-encoding: serving /%61dmin/reload as
+                # /admin/reload would let it past a proxy that filters by the raw path.
+                unknown = NotFound(f"Unknown path: {scope['method']} {raw.decode('latin-1')}")
+                await error_response(unknown)(scope, receive, send)
+                return
             endpoint = _HOT_ROUTES.get(path)
             if endpoint is not None:
                 if scope["method"] == "POST":

@@ -87,18 +87,29 @@ class Exchange:
             self.task.cancel()
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        message = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": self.headers + headers,
+        }
+        await self._transmit(message)
         self.started = True
         self.status = status
-        await self._send(
-            {"type": "http.response.start", "status": status, "headers": self.headers + headers}
-        )
 
     async def body(self, data: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._transmit({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         self.complete = True
-        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+        await self._transmit({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def _transmit(self, message: dict[str, Any]) -> None:
+        try:
+            await self._send(message)
+        except (OSError, RuntimeError) as exc:
+            # the transport is gone (e.g. a pipelined request whose client already left:
+            # uvicorn's send then raises instead of reporting a disconnect)
+            raise ClientDisconnected from exc
 
     async def whole(
         self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON_HEADERS
@@ -181,6 +192,8 @@ class Gateway:
         )
         owner = Owner()
         owner.push(self._observe, rec, ex)
+        self._exchanges.add(ex)  # from its first byte: a shutdown cuts a slow body too
+        owner.push(self._exchanges.discard, ex)
         try:
             try:
                 if self.shutting_down:
@@ -191,8 +204,6 @@ class Gateway:
                 gauge = self.metrics.in_flight.labels(rec.model)
                 gauge.inc()
                 owner.push(gauge.dec)
-                self._exchanges.add(ex)
-                owner.push(self._exchanges.discard, ex)
                 watch_disconnect(receive, ex, owner)
                 await self._proxy(ticket, rec, ex, owner)
             except asyncio.CancelledError:
@@ -202,6 +213,8 @@ class Gateway:
                 await self._after_cut(ex)
             except ClientDisconnected:
                 ex.cut = "client_disconnect"
+                if ex.norm is not None:
+                    ex.norm.close("client_disconnect")
             except Exception as exc:
                 await self._fail(exc, ex, rec)
         finally:

@@ -172,7 +172,7 @@ def prompt_chars(body: dict[str, Any]) -> int:
                 chars += CHARS_PER_TOKEN_ID
             elif isinstance(p, list):
                 chars += CHARS_PER_TOKEN_ID * len(p)
-    for key in ("tools", "functions"):
+    for key in ("tools", "functions", "documents"):
         value = body.get(key)
         if value:
             try:

@@ -3,8 +3,8 @@
 * Keys: ``GATEWAY_API_KEYS`` (comma-separated keys) and/or the profile file's
   ``auth.keys_file`` (one sha256 hex digest per line, optionally followed by the models that
   key may use: ``<sha256> model-a,model-b``). Only digests are kept; a presented key is hashed
-  and compared with every digest in constant time. With no key configured the gateway serves
-  anyone (and says so at start-up).
+  and its digest looked up (timing reveals nothing of a key, only of its hash). With no key
+  configured the gateway serves anyone (and says so at start-up).
 * A key not allowed a model gets 404 ``model_not_found``, as OpenAI answers for models an
   account cannot see; ``/v1/models`` lists only the models the key may use.
 * Concurrency: a global cap and a per-key cap on requests in flight (429, ``Retry-After``).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import math
 import time
 from dataclasses import dataclass
@@ -65,6 +64,9 @@ def digest(key: str) -> bytes:
 class KeyRing:
     def __init__(self, keys: list[ClientKey]) -> None:
         self.keys = keys
+        # Looked up by digest: the digest reveals nothing of the key, and a dict makes the
+        # cost of a wrong key independent of how many keys there are.
+        self._by_digest = {k.digest: k for k in keys}
 
     @property
     def enabled(self) -> bool:
@@ -81,11 +83,7 @@ class KeyRing:
         token = token.strip(b" \t")
         if scheme.lower() != b"bearer" or not token:
             raise AuthError("Missing API key: send Authorization: Bearer <key>.")
-        presented = hashlib.sha256(token).digest()
-        found = None
-        for key in self.keys:  # every digest compared, in constant time each
-            if hmac.compare_digest(presented, key.digest):
-                found = key
+        found = self._by_digest.get(hashlib.sha256(token).digest())
         if found is None:
             raise AuthError("Incorrect API key provided.")
         return found
@@ -291,6 +289,11 @@ class Admission:
         if limits.key_rate:
             await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
         body, chars = parse_request(await read_body(receive, limits), endpoint)
+        if body.get("stream") is True and scope.get("http_version") == "1.0":
+            # an HTTP/1.0 client cannot read a chunked (streamed) answer
+            raise RequestError(
+                "Streaming needs HTTP/1.1: send stream: false, or use HTTP/1.1.", param="stream"
+            )
         variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
         name = f"{body['model']}:{variant}" if variant else body["model"]
         profile = snapshot.get(name)

@@ -23,9 +23,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .protocol import error_body
 from .settings import Settings
 
 #: the lifespan state key under which the app publishes its :class:`ServerLimits`
@@ -65,6 +67,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         #: (status, message) once the head was refused
         self._refusal: tuple[int, str] | None = None
+        #: bytes of the request line and headers parsed so far
+        self._parsed = 0
+        #: requests of this connection whose app task runs (pipelining: not only the last)
+        self._running: set[Any] = set()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -74,7 +80,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        # uvicorn marks only the last request parsed as disconnected; with pipelining the
+        # one running is another, which would then write into a closed transport
+        for cycle in self._running:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._running.clear()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = {c for c in self._running if not c.response_complete}
+        self._running.add(cycle)
+        super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -96,11 +114,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_count = 0
+        self._parsed = 0
         if self._head_timer is None:
             self._arm_head_timer()
 
+    def on_url(self, url: bytes) -> None:
+        self._parsed += len(url)
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_count += 1
+        self._parsed += len(name) + len(value) + 4
         if self._head_count > self._limits.max_headers:
             self._refusal = (431, "Too many request header fields.")
             # stops the parser; uvicorn answers through send_400_response (below)
@@ -110,13 +134,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
+        if self._parsed > self._limits.max_header_bytes:  # a head that came in one read
+            self._refusal = (431, "Request header fields too large.")
+            raise _HeadRefused
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to anything the parser refuses: ours is OpenAI-style JSON, and
+        never a second response written into one still being sent (input after a request
+        that is still being answered: the connection closes when that answer ends)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self._refusal is None:
+            cycle.keep_alive = False  # answer the request in progress, then close
+            self.flow.pause_reading()
+            return
         if self._refusal is not None:
             self._refuse(*self._refusal)
         else:
-            super().send_400_response(msg)
+            self._refuse(400, "Invalid HTTP request.", "invalid_http_request")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn calls this for an Upgrade request (websocket, h2c): the gateway speaks
+        # neither, so it is refused at once (uvicorn would log two warnings per request and
+        # leave its body unread until the body timeout)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._refuse(400, "Protocol upgrades are not supported.", "upgrade_not_supported")
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -136,16 +181,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self.transport is not None and not self.transport.is_closing():
             self._refuse(408, "Request header timeout.")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, code: str | None = None) -> None:
         if self.transport.is_closing():
             return
         self._refusal = (status, message)
-        body = message.encode()
+        codes = {408: "header_timeout", 431: "request_header_fields_too_large"}
+        body = orjson.dumps(
+            error_body(message, "invalid_request_error", code=code or codes.get(status))
+        )
         self.transport.write(
             b"".join(
                 [
                     STATUS_LINE[status],
-                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-type: application/json\r\n",
                     b"content-length: " + str(len(body)).encode() + b"\r\n",
                     b"connection: close\r\n\r\n",
                     body,
@@ -171,6 +219,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or None,
         "server_header": False,
+        # no websocket routes: an Upgrade request is plain HTTP, under every limit above
+        # (with uvicorn's websocket handling one such request held its socket forever)
+        "ws": "none",
     }
 
 

@@ -61,6 +61,13 @@ class Settings:
                 raise SystemExit(
                     f"gateway: GATEWAY_{f.name.upper()}={raw!r} is not a valid {f.type}"
                 ) from None
+        for name in ("admin_token", "metrics_token"):
+            value = values.get(name)
+            if isinstance(value, str) and not value.strip():
+                raise SystemExit(f"gateway: GATEWAY_{name.upper()} is set but blank")
+        if os.environ.get("GATEWAY_API_KEYS") is not None and not values.get("api_keys"):
+            # a blank or ",," list would silently serve everyone
+            raise SystemExit("gateway: GATEWAY_API_KEYS is set but holds no key")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

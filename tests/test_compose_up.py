@@ -146,7 +146,14 @@ def test_compose_gateway_serves_the_simulated_vllm(stack: NetNS) -> None:
     assert MODEL in {m["id"] for m in models["data"]}
     # The gateway container runs from the image's user, with the compose profile file.
     health = stack.run(lambda: httpx.get(GATEWAY + "/health").json())
-    assert health["backends"]["vllm"]["url"] == "http://vllm:8000"
+    assert health["backends"][f"{MODEL}/vllm"]["state"] == "up"
+    # internal URLs only in the admin view
+    admin = stack.run(
+        lambda: httpx.get(
+            GATEWAY + "/admin/profiles", headers={"authorization": "Bearer change-me"}
+        ).json()
+    )
+    assert admin["backends"][f"{MODEL}/vllm"]["url"] == "http://vllm:8000"
 
 
 def test_prometheus_scrapes_the_gateway(stack: NetNS) -> None:

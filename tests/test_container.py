@@ -151,7 +151,7 @@ def test_container_serves_health_ready_and_a_stream_to_the_host_vllm(
 ) -> None:
     url, container, _ = served
     health = httpx.get(url + "/health").json()
-    assert health["status"] == "ok" and health["backends"]["vllm"]["state"] == "up"
+    assert health["status"] == "ok" and health["backends"][f"{MODEL}/vllm"]["state"] == "up"
     assert httpx.get(url + "/ready").json() == {"ready": True, "models_without_backend": []}
     # The image's own HEALTHCHECK command, run inside the container.
     assert podman("healthcheck", "run", container.name, check=False).returncode == 0
@@ -221,11 +221,6 @@ def test_sigterm_stops_the_container_cleanly_within_seconds(
         assert "Application shutdown complete" in container.logs()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graceful shutdown of streams in flight is core work (issue #11): today uvicorn "
-    "waits for every stream to finish by itself; remove this mark when the core has it",
-)
 def test_sigterm_ends_streams_in_flight_well(image: str, sim: SimProcess, tmp_path: Path) -> None:
     (tmp_path / "model_profiles.yaml").write_text(compose_profiles(sim.url))
     with gateway_container(image, tmp_path) as (url, container):

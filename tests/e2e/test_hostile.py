@@ -4,6 +4,7 @@ backend's health."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -313,3 +314,26 @@ def test_finish_reason_labels_stay_bounded(sim: SimProcess) -> None:
     labels = {dict(lab).get("upstream") for (n, lab) in m if n == "gateway_finish_reason_total"}
     assert labels == {"other"}
     assert value(m, "gateway_finish_reason_total", upstream="other") == 5
+
+
+def test_a_turn_of_a_million_think_tags_is_stripped_in_linear_time(tight: GatewayServer) -> None:
+    """Removing earlier reasoning was super-linear: 3.2 M characters of `</think>` froze
+    the event loop for 54 s. Now a generous bound holds (this is a hang guard, not a
+    benchmark)."""
+    from tests.helpers import run_gateway as _run  # noqa: F401  (the module's fixture is used)
+
+    turn = {"role": "assistant", "content": "</think>" * 100_000}
+    t0 = time.monotonic()
+    r = post(tight, {"model": "r1", "messages": [*USER, turn, *USER]})
+    assert r.status_code == 400  # over the fixture's 1000-character limit: refused first
+    big = {"model": "r1", "messages": [*USER, turn, *USER]}
+    from gateway.profiles import parse_profiles
+    from gateway.transform import build_upstream_body
+
+    profile = parse_profiles(
+        'models: {r: {backends: [{url: "http://x:1"}], reasoning: {}}}', "<test>"
+    ).models["r"]
+    t0 = time.monotonic()
+    out, _ = build_upstream_body(big, profile, "chat")
+    assert time.monotonic() - t0 < 5
+    assert out["messages"][1]["content"] == ""
