@@ -226,6 +226,7 @@ class SimVLLM:
         app = web.Application()
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model_id:.+}", self.no_route)  # vLLM has no such route
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
@@ -273,6 +274,9 @@ class SimVLLM:
             for m in self.served_models
         ]
         return _json({"object": "list", "data": data})
+
+    async def no_route(self, request: web.Request) -> web.Response:
+        return _json({"detail": "Not Found"}, 404)  # FastAPI's answer for an unknown path
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         load = self.load
@@ -655,8 +659,10 @@ class ChatStream:
             "created": job.created,
             "model": job.model,
         }
+        # a prompt that closed the think block (thinking off) starts the stream in content
+        reasoning = job.reasoning and not sp.thinking_off(job.body)
         self.parsers = [
-            sp.StreamParser(reasoning=job.reasoning, tool_mode=job.tool_mode, new_id=new_id)
+            sp.StreamParser(reasoning=reasoning, tool_mode=job.tool_mode, new_id=new_id)
             for _ in job.choices
         ]
         self.named = isinstance(job.tool_mode, dict)

@@ -257,9 +257,8 @@ class SimResponses:
     # -- validation and planning ----------------------------------------------------------
 
     def validate(self, body: dict[str, Any]) -> sp.Refusal | None:
-        """``ResponsesRequest``'s validators, in vLLM's order."""
-        if "input" not in body:
-            return sp.missing_field(body, "input")
+        """``ResponsesRequest``'s validators, in vLLM's order (the ``mode="before"`` ones,
+        which may add ``tool_choice``, then the fields)."""
         if body.get("background") and not body.get("store", True):
             return sp.param_error("background can only be used when `store` is true", "background")
         if body.get("prompt") is not None:
@@ -285,6 +284,8 @@ class SimResponses:
             return sp.param_error(
                 "Tool choice 'function' not found in 'tools' parameter.", "tool_choice"
             )
+        if "input" not in body:
+            return sp.missing_field(body, "input")
         return None
 
     def plan(self, body: dict[str, Any]) -> Plan | sp.Refusal:
@@ -621,8 +622,8 @@ class SimResponses:
             return event
 
         initial = self.response(p, "in_progress", [], with_usage=False)
-        yield numbered({"response": initial, "type": "response.created"})
-        yield numbered({"response": initial, "type": "response.in_progress"})
+        yield numbered({"response": initial, "sequence_number": 0, "type": "response.created"})
+        yield numbered({"response": initial, "sequence_number": 0, "type": "response.in_progress"})
         machine = _Items(p)
         delay = float(faults.get("token_delay", server.token_delay))
         merge = max(1, int(faults.get("merge", 1)))
@@ -661,7 +662,7 @@ class SimResponses:
         if mode == "omit":
             return
         for _ in range(2 if mode == "twice" else 1):
-            yield numbered({"response": final, "type": "response.completed"})
+            yield numbered({"response": final, "sequence_number": 0, "type": "response.completed"})
 
 
 class _Cut(Exception):
@@ -686,7 +687,11 @@ class _Items:
 
     def __init__(self, p: Plan) -> None:
         self.parser = (
-            sp.StreamParser(reasoning=p.reasoning, tool_mode=p.tool_mode, new_id=_new_id)
+            sp.StreamParser(
+                reasoning=p.reasoning and not thinking_off(p.body),
+                tool_mode=p.tool_mode,
+                new_id=_new_id,
+            )
             if p.parser
             else None
         )
@@ -733,6 +738,7 @@ class _Items:
                         "item_id": self.item_id,
                         "logprobs": [],
                         "output_index": self.output_index,
+                        "sequence_number": 0,
                         "type": "response.output_text.delta",
                     }
                 )
@@ -743,6 +749,7 @@ class _Items:
                         "delta": value,
                         "item_id": self.item_id,
                         "output_index": self.output_index,
+                        "sequence_number": 0,
                         "type": "response.reasoning_text.delta",
                     }
                 )
@@ -760,12 +767,18 @@ class _Items:
             item = reasoning_item(self.item_id, None, "in_progress")
             part = {"text": "", "type": "reasoning_text"}
         return [
-            {"item": item, "output_index": self.output_index, "type": "response.output_item.added"},
+            {
+                "item": item,
+                "output_index": self.output_index,
+                "sequence_number": 0,
+                "type": "response.output_item.added",
+            },
             {
                 "content_index": 0,
                 "item_id": self.item_id,
                 "output_index": self.output_index,
                 "part": part,
+                "sequence_number": 0,
                 "type": "response.content_part.added",
             },
         ]
@@ -779,6 +792,7 @@ class _Items:
             {
                 "item": call_item(self.item_id, call_id, name, "", "in_progress"),
                 "output_index": self.output_index,
+                "sequence_number": 0,
                 "type": "response.output_item.added",
             }
         ]
@@ -789,6 +803,7 @@ class _Items:
             "delta": text,
             "item_id": self.item_id,
             "output_index": self.output_index,
+            "sequence_number": 0,
             "type": "response.function_call_arguments.delta",
         }
 
@@ -807,10 +822,16 @@ class _Items:
                     "arguments": text,
                     "item_id": item_id,
                     "output_index": oi,
+                    "sequence_number": 0,
                     "type": "response.function_call_arguments.done",
                     "name": name,
                 },
-                {"item": item, "output_index": oi, "type": "response.output_item.done"},
+                {
+                    "item": item,
+                    "output_index": oi,
+                    "sequence_number": 0,
+                    "type": "response.output_item.done",
+                },
             ]
         if state == "content":
             item = message_item(item_id, text, "completed")
@@ -820,6 +841,7 @@ class _Items:
                 "item_id": item_id,
                 "logprobs": [],
                 "output_index": oi,
+                "sequence_number": 0,
                 "text": text,
                 "type": "response.output_text.done",
             }
@@ -830,6 +852,7 @@ class _Items:
                 "content_index": 0,
                 "item_id": item_id,
                 "output_index": oi,
+                "sequence_number": 0,
                 "text": text,
                 "type": "response.reasoning_text.done",
             }
@@ -841,9 +864,15 @@ class _Items:
                 "item_id": item_id,
                 "output_index": oi,
                 "part": part,
+                "sequence_number": 0,
                 "type": "response.content_part.done",
             },
-            {"item": item, "output_index": oi, "type": "response.output_item.done"},
+            {
+                "item": item,
+                "output_index": oi,
+                "sequence_number": 0,
+                "type": "response.output_item.done",
+            },
         ]
 
 
