@@ -666,6 +666,7 @@ class ChatStream:
             for _ in job.choices
         ]
         self.named = isinstance(job.tool_mode, dict)
+        self.plain = job.tool_mode is None and not reasoning  # content deltas only
 
     async def pause(self, seconds: float) -> None:
         keepalive = self.faults.get("keepalive")
@@ -686,12 +687,15 @@ class ChatStream:
         sr: Any = None,
         final: bool = False,
     ) -> bytes:
-        text = "".join(p for _, p in group)
+        text = group[0][1] if len(group) == 1 else "".join(p for _, p in group)
         if self.job.chat:
-            parser = self.parsers[i]
-            delta = parser.delta(group)
-            if fin == "stop" and parser.tools_streamed and not self.named:
-                fin = "tool_calls"
+            if self.plain:
+                delta: dict[str, Any] = {"content": text}
+            else:
+                parser = self.parsers[i]
+                delta = parser.delta(group)
+                if fin == "stop" and parser.tools_streamed and not self.named:
+                    fin = "tool_calls"
             ch: dict[str, Any] = {
                 "index": i,
                 "delta": delta,
@@ -747,9 +751,14 @@ class ChatStream:
         await self.pause(float(faults.get("first_token_delay", 0)))
         if job.chat:
             await resp.write(b"".join(self.role_chunk(i) for i in range(len(choices))))
+        # the fault thresholds, read once (this loop is the benchmark's upstream)
+        error_after = faults.get("error_after")
+        malformed_after = faults.get("malformed_after")
+        drop_after = faults.get("drop_after")
+        stall_after = faults.get("stall_after")
+        single = len(choices) == 1
         pos = [0] * len(choices)
-        open_ = [i for i in range(len(choices))]
-        done = 0
+        open_ = list(range(len(choices)))
         while open_:
             out: list[bytes] = []
             still: list[int] = []
@@ -771,9 +780,9 @@ class ChatStream:
                     fin = "abort" if mode == "abort" else c.finish
                     out.append(self.chunk(i, group, fin, c.stop_reason, final=True))
                     self.server.load.finished(fin)
-            done = max(pos)
-            self.slot.generated = sum(pos)
-            if faults.get("error_after") is not None and done > faults["error_after"]:
+            done = pos[0] if single else max(pos)
+            self.slot.generated = done if single else sum(pos)
+            if error_after is not None and done > error_after:
                 err = {
                     "error": {
                         "message": "simulated engine error",
@@ -785,16 +794,16 @@ class ChatStream:
                 await resp.write(_sse(err) + DONE)
                 await resp.write_eof()
                 return
-            if faults.get("malformed_after") is not None and done > faults["malformed_after"]:
+            if malformed_after is not None and done > malformed_after:
                 await resp.write(b'data: {"id": "broken", "choices": [\n\n')
-                faults = self.faults = {**faults, "malformed_after": None}
-            if faults.get("drop_after") is not None and done > faults["drop_after"]:
+                malformed_after = None
+            if drop_after is not None and done > drop_after:
                 assert self.request.transport is not None
                 self.request.transport.abort()
                 return
-            await resp.write(b"".join(out))
+            await resp.write(out[0] if single else b"".join(out))
             open_ = still
-            if faults.get("stall_after") is not None and done == faults["stall_after"]:
+            if stall_after is not None and done == stall_after:
                 await self.pause(float(faults.get("stall_for", 3600)))
             elif delay and open_:
                 await asyncio.sleep(delay)
