@@ -16,7 +16,8 @@ Wire format, held to recordings of the real server (``tests/vllm`` records them,
   ``max_tokens`` over it is *clamped* (a 400 only when no room is left), tool choices without
   a tool parser are 400s, ``thinking_token_budget`` without a reasoning parser is a 400 (an
   error event inside a 200 stream when ``stream`` is true).
-- ``GET /v1/models`` reports ``max_model_len``, ``root``, ``parent`` and ``permission``;
+- ``GET /v1/models`` reports ``max_model_len``, ``root``, ``parent`` and ``permission``
+  (``GET /v1/models/{id}`` is a 404 ``{"detail": "Not Found"}``: vLLM has no such route);
   ``GET /metrics`` serves vLLM's Prometheus families (``gateway/sim_metrics.py``);
   ``/v1/responses`` (+ ``GET``/``cancel``) is vLLM's Responses API
   (``gateway/sim_responses.py``).
@@ -24,11 +25,14 @@ Wire format, held to recordings of the real server (``tests/vllm`` records them,
 Server options (constructor arguments / ``gateway sim`` flags), each as vLLM's flag:
 ``max_model_len`` (``--max-model-len``, default 131072), ``reasoning_parser``
 (``--reasoning-parser deepseek_r1``: text before ``</think>`` goes to ``reasoning``,
-``thinking_token_budget`` is enforced, usage gets ``completion_tokens_details``),
+``thinking_token_budget`` is enforced, usage gets ``completion_tokens_details`` whose
+``reasoning_tokens`` counts only a *generated* ``<think>`` block, so 0 for R1 scripts, as
+in vLLM),
 ``tool_call_parser`` + ``enable_auto_tool_choice`` (``--tool-call-parser hermes
 --enable-auto-tool-choice``), ``enable_responses_store`` (``--enable-responses-store``, or
 ``VLLM_ENABLE_RESPONSES_API_STORE=1`` as for vLLM), ``max_num_seqs`` (``--max-num-seqs``,
-default 256: requests beyond it wait and are reported as waiting), ``kv_cache_tokens``
+default 256 sequences, ``n`` counting each: requests beyond it wait, reported as waiting),
+``kv_cache_tokens``
 (``--kv-cache-tokens``: the KV-cache size behind ``vllm:kv_cache_usage_perc``).
 
 Generation is scripted: a list of ``[token_id, text]``. It stops the way vLLM does: at the
@@ -45,6 +49,7 @@ in ``reasoning``. Tool calls are generated in Hermes format (``<tool_call>{"name
 "arguments": ...}</tool_call>``) for a named or ``required`` tool choice (arguments: a small
 instance of the tool's schema), structured output (``response_format``) as a small instance
 of the schema (``{}`` for ``json_object``); both replace the answer after ``</think>``.
+``/v1/completions`` applies a budget when the prompt leaves a ``<think>`` block open.
 Prompt size: words of each message's content + 4 per message (completions: words, or the
 number of token ids).
 
@@ -54,10 +59,14 @@ script n times, for long streams), ``prompt_tokens`` (the prompt size to report 
 ``tool_calls`` (``[{"name", "arguments"}]``: the calls the model makes, also for ``auto``),
 ``json`` (the structured-output value), ``split_reasoning`` (act as if started with
 ``--reasoning-parser deepseek_r1`` for this request); faults: ``token_delay``,
-``first_token_delay``, ``stall_after``/``stall_for``, ``drop_after``, ``finish``
-(``"abort"``, ``"null"``, ``"omit"``; a list gives one per choice; Responses also
-``"twice"``: two terminal events), ``omit_done``, ``keepalive``, ``error_after``,
-``malformed_after``, ``status``, ``merge`` (tokens per chunk).
+``first_token_delay``, ``stall_after``/``stall_for``, ``keepalive`` (SSE comments every
+that many seconds while stalled), ``drop_after`` (close the connection), ``error_after``
+(an error event, then ``[DONE]``), ``malformed_after`` (one broken event), ``finish``
+(``"abort"``, ``"null"``, ``"omit"``; a list gives one per choice), ``omit_done``,
+``status`` (answer with that HTTP error), ``merge`` (tokens per chunk). In a Responses
+stream: ``finish: "omit"`` leaves out ``response.completed``, ``"twice"`` sends it twice,
+``error_after`` cuts the stream as vLLM 0.32 does (it cannot serialise its error event),
+``drop_after``, ``malformed_after``, the delays, stalls and ``keepalive`` as above.
 
 Test hooks: ``GET /sim/requests`` returns the bodies received; ``GET /sim/stats`` counts
 streams cancelled by the client (and ``active``, ``auth``); ``POST /sim/load`` scripts the
@@ -399,12 +408,8 @@ class SimVLLM:
                 max_tokens, param = body.get("max_tokens"), "max_tokens"
         else:
             prompt = body["prompt"]
-            if prompt == [] or prompt == "":
-                return sp.Refusal(
-                    "You must pass at least one prompt"
-                    if prompt == []
-                    else "The decoder prompt cannot be empty"
-                )
+            if prompt == []:
+                return sp.Refusal("You must pass at least one prompt")
             sizes = sp.completion_prompts(prompt)
             if any(size == 0 for size, _ in sizes):
                 return sp.Refusal("The decoder prompt cannot be empty")
@@ -420,6 +425,8 @@ class SimVLLM:
         n = sp.check_n(body.get("n"))
         if isinstance(n, sp.Refusal):
             return n
+        if n * len(limits) > sp.MAX_N:  # the sim's own bound (vLLM would try)
+            return sp.Refusal(f"simulated vLLM: {n * len(limits)} sequences exceed {sp.MAX_N}")
         budget = body.get("thinking_token_budget")
         budget = None if budget == -1 else budget
         budget_error = False

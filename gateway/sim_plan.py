@@ -188,10 +188,26 @@ def _check_tools(body: dict[str, Any]) -> Refusal | None:
     return None
 
 
+MAX_N = 16384  # VLLM_MAX_N_SEQUENCES
+MAX_PROMPTS = 1024  # VLLM_MAX_COMPLETION_PROMPTS
+
+
 def check_completion_body(body: dict[str, Any]) -> Refusal | None:
-    if body.get("prompt") is None:
+    prompt = body.get("prompt")
+    if prompt is None or prompt == "":
         return param_error(
             "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+        )
+    if (
+        isinstance(prompt, list)
+        and not all(isinstance(p, int) for p in prompt)
+        and len(prompt) > MAX_PROMPTS
+    ):
+        return param_error(
+            f"prompt list length {len(prompt)} exceeds the maximum allowed count of "
+            f"{MAX_PROMPTS}. To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS "
+            "environment variable.",
+            "prompt",
         )
     if body.get("stream_options") and not body.get("stream"):
         return param_error(
@@ -270,6 +286,11 @@ def check_n(n: Any) -> Refusal | int:
         return Refusal(f"n must be an int, but is of type {type(n)}")
     if n < 1:
         return Refusal(f"n must be at least 1, got {n}.")
+    if n > MAX_N:
+        return Refusal(
+            f"n must be at most {MAX_N}, got {n}. To increase this limit, set the "
+            "VLLM_MAX_N_SEQUENCES environment variable."
+        )
     return n
 
 

@@ -376,6 +376,7 @@ def _background_stream_flow(url: str, model: str) -> dict[str, Any]:
         "model": model,
         "input": "hi",
         "max_output_tokens": 3,
+        "seed": 1,
         "background": True,
         "stream": True,
         # like the real model's: the empty second token makes no delta event
@@ -524,6 +525,8 @@ def scenarios(model: str = "") -> dict[str, Scenario]:
     add("error_missing_messages", "plain", _post(CHAT, {}))
     add("error_missing_prompt", "plain", _post(COMP, {}))
     add("error_empty_prompt_list", "plain", _post(COMP, {"prompt": []}))
+    add("error_empty_prompt", "plain", _post(COMP, {"prompt": ""}))
+    add("error_n_too_large", "plain", _post(CHAT, {"messages": USER, "n": 16385}))
     add("error_stream_options_without_stream", "plain", _post(CHAT, {"messages": USER, **usage}))
     # -- tools without a tool parser --
     add(
