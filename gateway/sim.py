@@ -84,15 +84,16 @@ import json
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from . import sim_checks as chk
 from . import sim_plan as sp
-from .sim_metrics import SimLoad, Slot
+from .sim_chat import DONE, ChatStream, Job, full_body
+from .sim_metrics import SimLoad
 from .sim_plan import new_id
 
 # A short DeepSeek-R1-Distill answer. The chat template already opened <think>, so the output
@@ -130,9 +131,6 @@ R1_DEMO: list[tuple[int, str]] = [
     (1022, "!"),
 ]
 
-FINGERPRINT = "vllm-sim"
-DONE = b"data: [DONE]\n\n"
-
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
@@ -144,48 +142,8 @@ def _error(message: str, type_: str, status: int, param: str | None = None) -> w
     )
 
 
-def refuse(r: sp.Refusal) -> web.Response:
+def refuse(r: chk.Refusal) -> web.Response:
     return _json(r.body(), r.status)
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def usage_block(
-    prompt: int, completion: int, reasoning: int | None, *, full: bool
-) -> dict[str, Any]:
-    """vLLM's ``UsageInfo``: a non-stream body lists the detail fields (null when unknown); the
-    stream's usage chunk drops the nulls."""
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-    }
-    details = None if reasoning is None else {"reasoning_tokens": reasoning}
-    if full:
-        usage["prompt_tokens_details"] = None
-        usage["completion_tokens_details"] = details
-    elif details is not None:
-        usage["completion_tokens_details"] = details
-    return usage
-
-
-@dataclass(slots=True)
-class Job:
-    """A validated chat/completions request, ready to generate."""
-
-    body: dict[str, Any]
-    sim: dict[str, Any]
-    chat: bool
-    model: str
-    choices: list[sp.Choice]
-    prompt_tokens: int
-    reasoning: bool  # split at </think> (a reasoning parser)
-    tool_mode: Any  # the tool_choice when a tool parser handles this request, else None
-    budget_error: bool = False  # a stream that must carry the budget refusal
-    rid: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
 
 
 class SimVLLM:
@@ -212,7 +170,7 @@ class SimVLLM:
         self.script = script or R1_DEMO
         self.eos_token_id = eos_token_id
         self.token_delay = token_delay
-        self.caps = sp.Caps(
+        self.caps = chk.Caps(
             max_model_len=max_model_len,
             reasoning_parser=reasoning_parser,
             tool_parser=tool_call_parser if enable_auto_tool_choice else None,
@@ -384,13 +342,13 @@ class SimVLLM:
                 script = tail
         return script
 
-    def prepare(self, body: dict[str, Any], chat: bool) -> Job | sp.Refusal | web.Response:
+    def prepare(self, body: dict[str, Any], chat: bool) -> Job | chk.Refusal | web.Response:
         """Validate as vLLM does (request model, model name, renderer, sampling params) and
         plan every choice."""
         sim: dict[str, Any] = body.get("sim") or {}
         if not isinstance(sim, dict):
             raise TypeError("sim")
-        refusal = sp.check_chat_body(body) if chat else sp.check_completion_body(body)
+        refusal = chk.check_chat_body(body) if chat else chk.check_completion_body(body)
         if refusal is not None:
             return refusal
         if (missing := self.unknown_model(body.get("model"))) is not None:
@@ -399,9 +357,9 @@ class SimVLLM:
             self.caps.reasoning_parser is not None or bool(sim.get("split_reasoning"))
         )
         if chat:
-            if (refusal := sp.check_tool_parser(body, self.caps)) is not None:
+            if (refusal := chk.check_tool_parser(body, self.caps)) is not None:
                 return refusal
-            sizes = [(sp.chat_prompt_tokens(body["messages"]), False)]
+            sizes = [(chk.chat_prompt_tokens(body["messages"]), False)]
             if body.get("max_completion_tokens") is not None:
                 max_tokens, param = body["max_completion_tokens"], "max_completion_tokens"
             else:
@@ -409,24 +367,24 @@ class SimVLLM:
         else:
             prompt = body["prompt"]
             if prompt == []:
-                return sp.Refusal("You must pass at least one prompt")
-            sizes = sp.completion_prompts(prompt)
+                return chk.Refusal("You must pass at least one prompt")
+            sizes = chk.completion_prompts(prompt)
             if any(size == 0 for size, _ in sizes):
-                return sp.Refusal("The decoder prompt cannot be empty")
+                return chk.Refusal("The decoder prompt cannot be empty")
             max_tokens, param = body.get("max_tokens", 16), "max_tokens"
         if "prompt_tokens" in sim:
             sizes = [(int(sim["prompt_tokens"]), ids) for _, ids in sizes]
         limits: list[int] = []
         for size, ids in sizes:
-            checked = sp.check_lengths(size, ids, max_tokens, param, self.caps)
-            if isinstance(checked, sp.Refusal):
+            checked = chk.check_lengths(size, ids, max_tokens, param, self.caps)
+            if isinstance(checked, chk.Refusal):
                 return checked
             limits.append(checked)
-        n = sp.check_n(body.get("n"))
-        if isinstance(n, sp.Refusal):
+        n = chk.check_n(body.get("n"))
+        if isinstance(n, chk.Refusal):
             return n
-        if n * len(limits) > sp.MAX_N:  # the sim's own bound (vLLM would try)
-            return sp.Refusal(f"simulated vLLM: {n * len(limits)} sequences exceed {sp.MAX_N}")
+        if n * len(limits) > chk.MAX_N:  # the sim's own bound (vLLM would try)
+            return chk.Refusal(f"simulated vLLM: {n * len(limits)} sequences exceed {chk.MAX_N}")
         budget = body.get("thinking_token_budget")
         budget = None if budget == -1 else budget
         budget_error = False
@@ -436,12 +394,12 @@ class SimVLLM:
             and not sim.get("split_reasoning")
         ):
             if not body.get("stream"):
-                return sp.BUDGET_WITHOUT_PARSER
+                return chk.BUDGET_WITHOUT_PARSER
             budget_error = True
         tool_mode = None
         calls: list[tuple[str, str]] = []
         if chat and self.caps.tool_parser is not None and body.get("tools"):
-            choice = sp.tool_choice_of(body)
+            choice = chk.tool_choice_of(body)
             if choice != "none":
                 tool_mode = choice
                 calls = sp.planned_tool_calls(body, sim, self.caps)
@@ -502,7 +460,7 @@ class SimVLLM:
             # vLLM validates every field with pydantic and answers 400 for what it cannot
             # use; the simulator does the same for input its scripts cannot handle.
             return _error(f"invalid request: {type(exc).__name__}", "BadRequestError", 400)
-        if isinstance(job, sp.Refusal):
+        if isinstance(job, chk.Refusal):
             return refuse(job)
         if isinstance(job, web.Response):
             return job
@@ -520,118 +478,13 @@ class SimVLLM:
                 if (mode[i] if isinstance(mode, list) and i < len(mode) else mode) == "abort":
                     c.finish = "abort"
                 self.load.finished(c.finish)
-        return _json(self._full_body(job))
-
-    def _full_body(self, job: Job) -> dict[str, Any]:
-        completion = sum(len(c.tokens) for c in job.choices)
-        reasoning_count = (
-            sum(sp.count_reasoning_tokens(c.tokens) for c in job.choices) if job.reasoning else None
-        )
-        usage = usage_block(job.prompt_tokens, completion, reasoning_count, full=True)
-        if not job.chat:
-            return {
-                "id": job.rid,
-                "object": "text_completion",
-                "created": job.created,
-                "model": job.model,
-                "choices": [
-                    {
-                        "index": i,
-                        "text": "".join(p for _, p in c.tokens),
-                        "logprobs": None,
-                        "finish_reason": c.finish,
-                        "stop_reason": c.stop_reason,
-                        "token_ids": None,
-                        "prompt_logprobs": None,
-                        "prompt_token_ids": None,
-                        "routed_experts": None,
-                    }
-                    for i, c in enumerate(job.choices)
-                ],
-                "service_tier": None,
-                "system_fingerprint": FINGERPRINT,
-                "usage": usage,
-                "kv_transfer_params": None,
-                "ec_transfer_params": None,
-                "metrics": None,
-            }
-        return {
-            "id": job.rid,
-            "object": "chat.completion",
-            "created": job.created,
-            "model": job.model,
-            "choices": [self._message_choice(job, i, c) for i, c in enumerate(job.choices)],
-            "service_tier": None,
-            "system_fingerprint": FINGERPRINT,
-            "usage": usage,
-            "prompt_logprobs": None,
-            "prompt_token_ids": None,
-            "prompt_text": None,
-            "kv_transfer_params": None,
-            "ec_transfer_params": None,
-            "metrics": None,
-        }
-
-    def _message_choice(self, job: Job, index: int, c: sp.Choice) -> dict[str, Any]:
-        tokens = c.tokens
-        reasoning: str | None = None
-        if job.reasoning:  # vLLM's deepseek_r1 parser, non-streaming
-            _, end, answer = sp.split_think(tokens)
-            if end is None:
-                reasoning, tokens = "".join(p for _, p in tokens), []
-            else:
-                reasoning = "".join(p for _, p in tokens[: len(tokens) - len(answer) - 1])
-                tokens = answer
-        content: str | None = "".join(p for _, p in tokens)
-        if job.reasoning and not content:
-            content = None
-        finish = c.finish
-        tool_calls: list[dict[str, Any]] | None = None
-        mode = job.tool_mode
-        if mode is not None:
-            forced = mode == "required" or isinstance(mode, dict)
-            parsed = sp.parse_tool_calls(tokens)
-            if parsed is not None:
-                before, calls = parsed
-                tool_calls = [
-                    {
-                        "id": new_id("chatcmpl-tool-"),
-                        "type": "function",
-                        "function": {"name": name, "arguments": args},
-                    }
-                    for name, args in calls
-                ]
-                content = before or ("" if forced else None)
-                if (mode == "auto" and calls) or (mode == "required" and finish == "stop"):
-                    finish = "tool_calls"
-            elif forced:
-                content = content or ""
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": content,
-            "refusal": None,
-            "annotations": None,
-            "audio": None,
-            "function_call": None,
-        }
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        message["reasoning"] = reasoning
-        return {
-            "index": index,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": finish,
-            "stop_reason": c.stop_reason,
-            "token_ids": None,
-            "routed_experts": None,
-        }
+        return _json(full_body(job))
 
     async def _stream(self, request: web.Request, job: Job) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         if job.budget_error:  # raised by the engine once the stream has started
-            err = json.dumps(sp.BUDGET_WITHOUT_PARSER.body())  # vLLM uses json.dumps here
+            err = json.dumps(chk.BUDGET_WITHOUT_PARSER.body())  # vLLM uses json.dumps here
             await resp.write(f"data: {err}\n\n".encode() + DONE)
             await resp.write_eof()
             return resp
@@ -645,191 +498,6 @@ class SimVLLM:
         finally:
             self.active -= 1
         return resp
-
-
-class ChatStream:
-    """Writes one chat/completions stream: the choices advance together, step by step."""
-
-    def __init__(
-        self, sim: SimVLLM, request: web.Request, resp: web.StreamResponse, job: Job, slot: Slot
-    ) -> None:
-        self.server = sim
-        self.request = request
-        self.resp = resp
-        self.job = job
-        self.slot = slot
-        self.faults = job.sim
-        self.include_usage = bool((job.body.get("stream_options") or {}).get("include_usage"))
-        self.base = {
-            "id": job.rid,
-            "object": "chat.completion.chunk" if job.chat else "text_completion",
-            "created": job.created,
-            "model": job.model,
-        }
-        # a prompt that closed the think block (thinking off) starts the stream in content
-        reasoning = job.reasoning and not sp.thinking_off(job.body)
-        self.parsers = [
-            sp.StreamParser(reasoning=reasoning, tool_mode=job.tool_mode, new_id=new_id)
-            for _ in job.choices
-        ]
-        self.named = isinstance(job.tool_mode, dict)
-        self.plain = job.tool_mode is None and not reasoning  # content deltas only
-
-    async def pause(self, seconds: float) -> None:
-        keepalive = self.faults.get("keepalive")
-        if keepalive:
-            end = time.monotonic() + seconds
-            while (left := end - time.monotonic()) > 0:
-                await asyncio.sleep(min(keepalive, left))
-                if time.monotonic() < end:
-                    await self.resp.write(b": keep-alive\n\n")
-        elif seconds > 0:
-            await asyncio.sleep(seconds)
-
-    def chunk(
-        self,
-        i: int,
-        group: list[tuple[int, str]],
-        fin: str | None = None,
-        sr: Any = None,
-        final: bool = False,
-    ) -> bytes:
-        text = group[0][1] if len(group) == 1 else "".join(p for _, p in group)
-        if self.job.chat:
-            if self.plain:
-                delta: dict[str, Any] = {"content": text}
-            else:
-                parser = self.parsers[i]
-                delta = parser.delta(group)
-                if fin == "stop" and parser.tools_streamed and not self.named:
-                    fin = "tool_calls"
-            ch: dict[str, Any] = {
-                "index": i,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": fin,
-            }
-            if final:
-                ch["stop_reason"] = sr
-            ch["token_ids"] = None
-        else:
-            ch = {
-                "index": i,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": fin,
-                "stop_reason": sr,
-                "prompt_token_ids": None,
-                "token_ids": None,
-            }
-        out = {**self.base, "choices": [ch]}
-        if final and fin is not None and not self.include_usage:
-            out["system_fingerprint"] = FINGERPRINT  # vLLM stamps the terminal chunk
-        return _sse(out)
-
-    def role_chunk(self, i: int) -> bytes:
-        return _sse(
-            {
-                **self.base,
-                "choices": [
-                    {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-                "prompt_token_ids": None,
-                "prompt_text": None,
-            }
-        )
-
-    def finish_mode(self, i: int) -> Any:
-        mode = self.faults.get("finish")
-        if isinstance(mode, list):
-            return mode[i] if i < len(mode) else None
-        return mode
-
-    async def run(self) -> None:
-        job, resp, faults = self.job, self.resp, self.faults
-        delay = float(faults.get("token_delay", self.server.token_delay))
-        merge = max(1, int(faults.get("merge", 1)))
-        choices = job.choices
-        await self.pause(float(faults.get("first_token_delay", 0)))
-        if job.chat:
-            await resp.write(b"".join(self.role_chunk(i) for i in range(len(choices))))
-        # the fault thresholds, read once (this loop is the benchmark's upstream)
-        error_after = faults.get("error_after")
-        malformed_after = faults.get("malformed_after")
-        drop_after = faults.get("drop_after")
-        stall_after = faults.get("stall_after")
-        single = len(choices) == 1
-        pos = [0] * len(choices)
-        open_ = list(range(len(choices)))
-        while open_:
-            out: list[bytes] = []
-            still: list[int] = []
-            for i in open_:
-                c = choices[i]
-                group = c.tokens[pos[i] : pos[i] + merge]
-                pos[i] += len(group)
-                if pos[i] < len(c.tokens):
-                    out.append(self.chunk(i, group))
-                    still.append(i)
-                    continue
-                mode = self.finish_mode(i)
-                if mode == "omit":
-                    if group:
-                        out.append(self.chunk(i, group))
-                elif mode == "null":
-                    out.append(self.chunk(i, group, None, None, final=True))
-                else:
-                    fin = "abort" if mode == "abort" else c.finish
-                    out.append(self.chunk(i, group, fin, c.stop_reason, final=True))
-                    self.server.load.finished(fin)
-            done = pos[0] if single else max(pos)
-            self.slot.generated = done if single else sum(pos)
-            if error_after is not None and done > error_after:
-                err = {
-                    "error": {
-                        "message": "simulated engine error",
-                        "type": "InternalServerError",
-                        "param": None,
-                        "code": 500,
-                    }
-                }
-                await resp.write(_sse(err) + DONE)
-                await resp.write_eof()
-                return
-            if malformed_after is not None and done > malformed_after:
-                await resp.write(b'data: {"id": "broken", "choices": [\n\n')
-                malformed_after = None
-            if drop_after is not None and done > drop_after:
-                assert self.request.transport is not None
-                self.request.transport.abort()
-                return
-            await resp.write(out[0] if single else b"".join(out))
-            open_ = still
-            if stall_after is not None and done == stall_after:
-                await self.pause(float(faults.get("stall_for", 3600)))
-            elif delay and open_:
-                await asyncio.sleep(delay)
-        if self.include_usage:
-            completion = sum(len(c.tokens) for c in choices)
-            reasoning = (
-                sum(sp.count_reasoning_tokens(c.tokens) for c in choices)
-                if job.reasoning and job.chat
-                else None
-            )
-            usage = usage_block(job.prompt_tokens, completion, reasoning, full=False)
-            await resp.write(
-                _sse(
-                    {**self.base, "choices": [], "usage": usage, "system_fingerprint": FINGERPRINT}
-                )
-            )
-        if not faults.get("omit_done"):
-            await resp.write(DONE)
-        await resp.write_eof()
 
 
 async def start_sim(

@@ -35,13 +35,23 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from . import sim_checks as chk
 from . import sim_plan as sp
+from .sim_items import (
+    Event,
+    ItemStream,
+    call_item,
+    message_item,
+    normalized_reasoning,
+    normalized_text,
+    normalized_tool,
+    reasoning_item,
+    usage,
+)
 from .sim_plan import new_id as _new_id
 
 if TYPE_CHECKING:
     from .sim import SimVLLM
-
-Event = dict[str, Any]
 
 
 def frame(event: Event) -> bytes:
@@ -52,8 +62,8 @@ def frame(event: Event) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
-def not_found(response_id: str) -> sp.Refusal:
-    return sp.Refusal(
+def not_found(response_id: str) -> chk.Refusal:
+    return chk.Refusal(
         f"Response with id '{response_id}' not found.",
         type="invalid_request_error",
         param="response_id",
@@ -100,113 +110,12 @@ def prompt_size(messages: list[dict[str, Any]]) -> int:
     return sum(_words(m.get("content")) + 4 for m in messages)
 
 
-def normalized_tool(tool: Any) -> Any:
-    """A function tool as vLLM echoes it (the openai SDK's ``FunctionTool`` dump)."""
-    if not isinstance(tool, dict) or tool.get("type") != "function":
-        return tool
-    return {
-        "name": tool.get("name"),
-        "parameters": tool.get("parameters"),
-        "strict": tool.get("strict"),
-        "type": "function",
-        "allowed_callers": tool.get("allowed_callers"),
-        "async": tool.get("async"),
-        "defer_loading": tool.get("defer_loading"),
-        "description": tool.get("description"),
-        "output_schema": tool.get("output_schema"),
-    }
-
-
-def normalized_text(text: Any) -> Any:
-    if not isinstance(text, dict):
-        return text
-    fmt = text.get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        fmt = {
-            "name": fmt.get("name"),
-            "schema": fmt.get("schema"),
-            "type": "json_schema",
-            "description": fmt.get("description"),
-            "strict": fmt.get("strict"),
-        }
-    return {"format": fmt, "verbosity": text.get("verbosity")}
-
-
-def normalized_reasoning(reasoning: Any) -> Any:
-    if not isinstance(reasoning, dict):
-        return reasoning
-    return {
-        "context": reasoning.get("context"),
-        "effort": reasoning.get("effort"),
-        "generate_summary": reasoning.get("generate_summary"),
-        "mode": reasoning.get("mode"),
-        "summary": reasoning.get("summary"),
-    }
-
-
 def thinking_off(body: dict[str, Any]) -> bool:
     kwargs = body.get("chat_template_kwargs") or {}
     if isinstance(kwargs, dict) and "enable_thinking" in kwargs:
         return kwargs["enable_thinking"] is False
     reasoning = body.get("reasoning")
     return isinstance(reasoning, dict) and reasoning.get("effort") == "none"
-
-
-def usage(prompt: int, output: int, reasoning: int) -> dict[str, Any]:
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {
-            "cached_tokens": 0,
-            "cache_write_tokens": 0,
-            "input_tokens_per_turn": [],
-            "cached_tokens_per_turn": [],
-        },
-        "output_tokens": output,
-        "output_tokens_details": {
-            "reasoning_tokens": reasoning,
-            "tool_output_tokens": 0,
-            "output_tokens_per_turn": [],
-            "tool_output_tokens_per_turn": [],
-        },
-        "total_tokens": prompt + output,
-    }
-
-
-def message_item(item_id: str, text: str, status: str | None, parts: bool = True) -> Event:
-    part: Event = {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
-    return {
-        "id": item_id,
-        "content": [part] if (parts and text) else [],
-        "role": "assistant",
-        "status": status,
-        "type": "message",
-        "phase": None,
-    }
-
-
-def reasoning_item(item_id: str, text: str | None, status: str | None) -> Event:
-    return {
-        "id": item_id,
-        "summary": [],
-        "type": "reasoning",
-        "content": None if text is None else [{"text": text, "type": "reasoning_text"}],
-        "encrypted_content": None,
-        "status": status,
-    }
-
-
-def call_item(item_id: str, call_id: str, name: str, args: str, status: str) -> Event:
-    return {
-        "arguments": args,
-        "call_id": call_id,
-        "name": name,
-        "type": "function_call",
-        "id": item_id,
-        "async": None,
-        "caller": None,
-        "namespace": None,
-        "status": status,
-    }
 
 
 class Plan:
@@ -256,13 +165,13 @@ class SimResponses:
 
     # -- validation and planning ----------------------------------------------------------
 
-    def validate(self, body: dict[str, Any]) -> sp.Refusal | None:
+    def validate(self, body: dict[str, Any]) -> chk.Refusal | None:
         """``ResponsesRequest``'s validators, in vLLM's order (the ``mode="before"`` ones,
         which may add ``tool_choice``, then the fields)."""
         if body.get("background") and not body.get("store", True):
-            return sp.param_error("background can only be used when `store` is true", "background")
+            return chk.param_error("background can only be used when `store` is true", "background")
         if body.get("prompt") is not None:
-            return sp.param_error("prompt template is not supported", "prompt")
+            return chk.param_error("prompt template is not supported", "prompt")
         tools = body.get("tools") or []
         choice = body.get("tool_choice", "auto")
         named = isinstance(choice, dict) and choice.get("type") in ("function", "custom")
@@ -270,25 +179,25 @@ class SimResponses:
             if choice in ("auto", "none"):
                 body["tool_choice"] = "none"
             elif choice == "required":
-                return sp.param_error(
+                return chk.param_error(
                     "Tool choice 'required' must be specified with 'tools' parameter.",
                     "tool_choice",
                 )
             elif named:
-                return sp.param_error(
+                return chk.param_error(
                     "Tool choice 'function' not found in 'tools' parameter.", "tool_choice"
                 )
         elif named and not any(
             isinstance(t, dict) and t.get("name") == choice.get("name") for t in tools
         ):
-            return sp.param_error(
+            return chk.param_error(
                 "Tool choice 'function' not found in 'tools' parameter.", "tool_choice"
             )
         if "input" not in body:
-            return sp.missing_field(body, "input")
+            return chk.missing_field(body, "input")
         return None
 
-    def plan(self, body: dict[str, Any]) -> Plan | sp.Refusal:
+    def plan(self, body: dict[str, Any]) -> Plan | chk.Refusal:
         server = self.server
         sim: dict[str, Any] = body.get("sim") or {}
         if not isinstance(sim, dict):
@@ -296,7 +205,7 @@ class SimResponses:
         if (refusal := self.validate(body)) is not None:
             return refusal
         if body.get("model") not in server.served_models:
-            return sp.Refusal(
+            return chk.Refusal(
                 f"The model `{body.get('model')}` does not exist. Valid aliases: "
                 f"{', '.join(server.served_models)}.",
                 type="NotFoundError",
@@ -304,7 +213,7 @@ class SimResponses:
                 status=404,
             )
         if body.get("store", True) and not self.store_enabled and body.get("background"):
-            return sp.Refusal(
+            return chk.Refusal(
                 "This vLLM engine does not support `store=True` and therefore does not "
                 "support the background mode. To enable these features, set the environment "
                 "variable `VLLM_ENABLE_RESPONSES_API_STORE=1` when launching the vLLM server.",
@@ -329,12 +238,12 @@ class SimResponses:
             else prompt_size([*history, *messages])
         )
         caps = server.caps
-        checked = sp.check_lengths(
+        checked = chk.check_lengths(
             size, False, body.get("max_output_tokens"), "max_output_tokens", caps
         )
-        if isinstance(checked, sp.Refusal):
+        if isinstance(checked, chk.Refusal):
             if size == caps.max_model_len and checked.param == "max_tokens":
-                return sp.Refusal(
+                return chk.Refusal(
                     f"The engine prompt length {size} exceeds the max_model_len "
                     f"{caps.max_model_len}. Please reduce prompt.",
                     type="invalid_request_error",
@@ -467,13 +376,13 @@ class SimResponses:
         sim = body.get("sim") or {}
         if isinstance(sim, dict) and sim.get("status"):
             return _refusal(
-                sp.Refusal("simulated failure", "InternalServerError", None, int(sim["status"]))
+                chk.Refusal("simulated failure", "InternalServerError", None, int(sim["status"]))
             )
         try:
             p = self.plan(body)
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            return _refusal(sp.Refusal(f"invalid request: {type(exc).__name__}"))
-        if isinstance(p, sp.Refusal):
+            return _refusal(chk.Refusal(f"invalid request: {type(exc).__name__}"))
+        if isinstance(p, chk.Refusal):
             return _refusal(p)
         if body.get("store"):
             self.history[p.rid] = p.messages
@@ -567,7 +476,7 @@ class SimResponses:
             return _refusal(not_found(response_id))
         if response.get("status") not in ("queued", "in_progress"):
             return _refusal(
-                sp.Refusal(
+                chk.Refusal(
                     "Cannot cancel a synchronous response.",
                     type="invalid_request_error",
                     param="response_id",
@@ -624,7 +533,11 @@ class SimResponses:
         initial = self.response(p, "in_progress", [], with_usage=False)
         yield numbered({"response": initial, "sequence_number": 0, "type": "response.created"})
         yield numbered({"response": initial, "sequence_number": 0, "type": "response.in_progress"})
-        machine = _Items(p)
+        machine = ItemStream(
+            parser=p.parser,
+            reasoning=p.reasoning and not thinking_off(p.body),
+            tool_mode=p.tool_mode,
+        )
         delay = float(faults.get("token_delay", server.token_delay))
         merge = max(1, int(faults.get("merge", 1)))
         tokens = p.choice.tokens
@@ -681,201 +594,6 @@ async def _pause(faults: dict[str, Any], seconds: float, resp: web.StreamRespons
         await asyncio.sleep(seconds)
 
 
-class _Items:
-    """vLLM's ``SimpleStreamingEventProcessor``: one open output item at a time (reasoning,
-    message or function call); a delta of another kind closes it and opens the next."""
-
-    def __init__(self, p: Plan) -> None:
-        self.parser = (
-            sp.StreamParser(
-                reasoning=p.reasoning and not thinking_off(p.body),
-                tool_mode=p.tool_mode,
-                new_id=_new_id,
-            )
-            if p.parser
-            else None
-        )
-        self.state: str | None = None
-        self.output_index = 0
-        self.item_id = ""
-        self.text = ""
-        self.call: tuple[str, str, int] = ("", "", 0)  # call_id, name, index
-        self.items: list[Event] = []
-
-    def feed(self, group: list[sp.Token]) -> list[Event]:
-        if self.parser is None:
-            delta: dict[str, Any] = {"content": "".join(t for _, t in group)}
-        else:
-            delta = self.parser.delta(group)
-        events: list[Event] = []
-        parts: list[tuple[str, Any]] = []
-        if "reasoning" in delta:
-            parts.append(("reasoning", delta["reasoning"]))
-        if delta.get("content"):
-            parts.append(("content", delta["content"]))
-        for call in delta.get("tool_calls") or ():
-            parts.append(("tool", call))
-        for kind, value in parts:
-            if kind == "tool":
-                index = value["index"]
-                if "id" in value:  # a new call
-                    events += self.close()
-                    events += self.open_call(value["id"], value["function"]["name"], index)
-                    continue
-                if self.state != "tool" or self.call[2] != index:
-                    continue
-                events.append(self.event_arguments(value["function"]["arguments"]))
-                continue
-            if self.state != kind:
-                events += self.close()
-                events += self.open(kind)
-            self.text += value
-            if kind == "content":
-                events.append(
-                    {
-                        "content_index": 0,
-                        "delta": value,
-                        "item_id": self.item_id,
-                        "logprobs": [],
-                        "output_index": self.output_index,
-                        "sequence_number": 0,
-                        "type": "response.output_text.delta",
-                    }
-                )
-            else:
-                events.append(
-                    {
-                        "content_index": 0,
-                        "delta": value,
-                        "item_id": self.item_id,
-                        "output_index": self.output_index,
-                        "sequence_number": 0,
-                        "type": "response.reasoning_text.delta",
-                    }
-                )
-        return events
-
-    def open(self, kind: str) -> list[Event]:
-        self.state = kind
-        self.text = ""
-        if kind == "content":
-            self.item_id = _new_id("msg_")
-            item: Event = message_item(self.item_id, "", "in_progress")
-            part: Event = {"annotations": [], "text": "", "type": "output_text", "logprobs": []}
-        else:
-            self.item_id = _new_id("rs_")
-            item = reasoning_item(self.item_id, None, "in_progress")
-            part = {"text": "", "type": "reasoning_text"}
-        return [
-            {
-                "item": item,
-                "output_index": self.output_index,
-                "sequence_number": 0,
-                "type": "response.output_item.added",
-            },
-            {
-                "content_index": 0,
-                "item_id": self.item_id,
-                "output_index": self.output_index,
-                "part": part,
-                "sequence_number": 0,
-                "type": "response.content_part.added",
-            },
-        ]
-
-    def open_call(self, call_id: str, name: str, index: int) -> list[Event]:
-        self.state = "tool"
-        self.text = ""
-        self.item_id = _new_id("fc_")
-        self.call = (call_id, name, index)
-        return [
-            {
-                "item": call_item(self.item_id, call_id, name, "", "in_progress"),
-                "output_index": self.output_index,
-                "sequence_number": 0,
-                "type": "response.output_item.added",
-            }
-        ]
-
-    def event_arguments(self, text: str) -> Event:
-        self.text += text
-        return {
-            "delta": text,
-            "item_id": self.item_id,
-            "output_index": self.output_index,
-            "sequence_number": 0,
-            "type": "response.function_call_arguments.delta",
-        }
-
-    def close(self) -> list[Event]:
-        state, text, oi, item_id = self.state, self.text, self.output_index, self.item_id
-        if state is None:
-            return []
-        self.state = None
-        self.output_index += 1
-        if state == "tool":
-            call_id, name, _ = self.call
-            item = call_item(item_id, call_id, name, text, "completed")
-            self.items.append(item)
-            return [
-                {
-                    "arguments": text,
-                    "item_id": item_id,
-                    "output_index": oi,
-                    "sequence_number": 0,
-                    "type": "response.function_call_arguments.done",
-                    "name": name,
-                },
-                {
-                    "item": item,
-                    "output_index": oi,
-                    "sequence_number": 0,
-                    "type": "response.output_item.done",
-                },
-            ]
-        if state == "content":
-            item = message_item(item_id, text, "completed")
-            part: Event = {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
-            done: Event = {
-                "content_index": 0,
-                "item_id": item_id,
-                "logprobs": [],
-                "output_index": oi,
-                "sequence_number": 0,
-                "text": text,
-                "type": "response.output_text.done",
-            }
-        else:
-            item = reasoning_item(item_id, text, "completed")
-            part = {"text": text, "type": "reasoning_text"}
-            done = {
-                "content_index": 0,
-                "item_id": item_id,
-                "output_index": oi,
-                "sequence_number": 0,
-                "text": text,
-                "type": "response.reasoning_text.done",
-            }
-        self.items.append(item)
-        return [
-            done,
-            {
-                "content_index": 0,
-                "item_id": item_id,
-                "output_index": oi,
-                "part": part,
-                "sequence_number": 0,
-                "type": "response.content_part.done",
-            },
-            {
-                "item": item,
-                "output_index": oi,
-                "sequence_number": 0,
-                "type": "response.output_item.done",
-            },
-        ]
-
-
 def _output_text(response: Event) -> str:
     texts = []
     for item in response.get("output") or ():
@@ -889,7 +607,7 @@ def _send(obj: Any) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
 
 
-def _refusal(r: sp.Refusal) -> web.Response:
+def _refusal(r: chk.Refusal) -> web.Response:
     return web.Response(
         body=orjson.dumps(r.body()), status=r.status, content_type="application/json"
     )

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from gateway import sim_checks as chk
 from gateway import sim_plan as sp
 from tests.helpers import SimProcess, run_sim
 from tests.wire_shapes import metric_values, sse
@@ -84,15 +85,15 @@ def test_thinking_off_generates_only_the_answer() -> None:
 
 
 def test_prompt_plus_max_tokens_is_clamped_and_only_no_room_refused() -> None:
-    caps = sp.Caps(max_model_len=100)
-    assert sp.check_lengths(10, False, 100, "max_tokens", caps) == 90
-    assert sp.check_lengths(10, False, None, "max_tokens", caps) == 90
-    refused = sp.check_lengths(100, False, 5, "max_tokens", caps)
-    assert isinstance(refused, sp.Refusal) and "at least 1, got 0" in refused.message
-    refused = sp.check_lengths(10, False, 101, "max_tokens", caps)
-    assert isinstance(refused, sp.Refusal) and refused.param == "max_tokens"
-    refused = sp.check_lengths(150, True, 5, "max_tokens", caps)
-    assert isinstance(refused, sp.Refusal) and "contains 150 input tokens" in refused.message
+    caps = chk.Caps(max_model_len=100)
+    assert chk.check_lengths(10, False, 100, "max_tokens", caps) == 90
+    assert chk.check_lengths(10, False, None, "max_tokens", caps) == 90
+    refused = chk.check_lengths(100, False, 5, "max_tokens", caps)
+    assert isinstance(refused, chk.Refusal) and "at least 1, got 0" in refused.message
+    refused = chk.check_lengths(10, False, 101, "max_tokens", caps)
+    assert isinstance(refused, chk.Refusal) and refused.param == "max_tokens"
+    refused = chk.check_lengths(150, True, 5, "max_tokens", caps)
+    assert isinstance(refused, chk.Refusal) and "contains 150 input tokens" in refused.message
 
 
 def test_schema_instance_satisfies_required_fields() -> None:
