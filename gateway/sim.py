@@ -464,7 +464,10 @@ class SimVLLM:
             return refuse(job)
         if isinstance(job, web.Response):
             return job
-        job.rid = new_id("chatcmpl-" if chat else "cmpl-")
+        # vLLM names the request after X-Request-Id, else the body's request_id
+        base = request.headers.get("X-Request-Id") or body.get("request_id")
+        prefix = "chatcmpl-" if chat else "cmpl-"
+        job.rid = f"{prefix}{base}" if isinstance(base, str) else new_id(prefix)
         if body.get("stream"):
             return await self._stream(request, job)
         async with self.load.admit(len(job.choices), job.prompt_tokens) as slot:

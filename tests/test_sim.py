@@ -363,3 +363,12 @@ def test_responses_cancel_a_background_response(sims: dict[str, SimProcess]) -> 
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert httpx.get(f"{sim.url}/v1/responses/{done['id']}").json()["status"] == "completed"
+
+
+def test_the_request_is_named_after_x_request_id(sims: dict[str, SimProcess]) -> None:
+    sim = sims["plain"]
+    r = httpx.post(sim.url + "/v1/chat/completions", json={"model": MODEL, "messages": USER},
+                   headers={"X-Request-Id": "abc"})  # fmt: skip
+    assert r.json()["id"] == "chatcmpl-abc"
+    r = post(sim, "/v1/completions", {"prompt": "hi", "request_id": "r1"})
+    assert r.json()["id"] == "cmpl-r1"
