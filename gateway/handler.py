@@ -1,59 +1,54 @@
-"""Request handling: one OpenAI-compatible request from validated body to response.
+"""Request handling: one completion request from its first byte to its last.
 
-``Gateway`` owns what a request needs (profile snapshot, backend pool, upstream client,
-metrics, limits) and turns a request into a JSON response or an SSE stream, with failover
-before the first byte. It knows nothing of FastAPI; ``app.py`` routes requests to it.
+:meth:`Gateway.serve` is the only entrance to the completion routes. Each request has one
+:class:`owner.Owner`: everything the request acquires (the concurrency slot, the
+in-flight gauge, the upstream response with its backend lease, the disconnect watcher) is
+pushed on it when acquired and released by it exactly once, whatever happens: success, an
+error from the backend, a timeout, the client leaving before or during the answer, a bug.
+Errors become answers in one place (:func:`protocol.render_error`) while nothing was sent;
+after the first byte a stream ends by the stream contract (:mod:`stream`).
+
+Cancellation is how a request is cut short: the disconnect watcher (the client left) and
+:meth:`Gateway.begin_shutdown` (SIGTERM, after the grace period) record why on the
+:class:`Exchange` and cancel the request's task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from .errors import (
+    ClientDisconnected,
     GatewayError,
-    ModelNotFound,
-    RequestTooLarge,
+    RequestError,
+    ServiceUnavailable,
     TimeoutPhase,
-    TooManyRequests,
+    UpstreamAborted,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .metrics import GatewayMetrics, RequestRecord
-from .pool import BackendPool, BackendState
-from .profiles import Backend, Profile, ProfileSet, Timeouts
-from .protocol import (
-    ENDPOINT_PATHS,
-    Endpoint,
-    error_body,
-    error_body_for,
-    parse_request,
-)
+from .metrics import GapCounts, GatewayMetrics, RequestRecord
+from .owner import Owner
+from .pool import BackendPool
+from .profiles import Backend, Profile
+from .protocol import ENDPOINT_PATHS, FINISH_REPAIRS, Endpoint, render_error
 from .reload import ProfileStore
-from .security import (
-    ClientKey,
-    ConcurrencyGate,
-    KeyRing,
-    RateLimiter,
-    allows,
-    digest,
-)
+from .security import Admission, Ticket
 from .settings import Settings
-from .stream import Opened, StreamNormalizer, ended, normalize_response, prime, relay
-from .transform import build_upstream_body, check_request
-from .upstream import UpstreamClient, UpstreamResponse
+from .stream import Opened, StreamNormalizer, normalize_response, prime, relay
+from .transform import build_upstream_body
+from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
 
@@ -63,81 +58,73 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj), status, headers, media_type="application/json")
+class Exchange:
+    """The client side of one request: what was sent, and why it was cut short."""
 
+    __slots__ = ("_send", "complete", "cut", "headers", "norm", "started", "status", "task")
 
-def error_response(exc: GatewayError) -> Response:
-    if isinstance(exc, UpstreamStatusError):
-        # Pass the backend's error on with its status; wrap a body that is not OpenAI-shaped.
-        try:
-            body = orjson.loads(exc.body)
-        except orjson.JSONDecodeError:
-            body = None
-        if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
-            text = exc.body.decode("utf-8", "replace")[:2000] or exc.message
-            body = error_body(text, "upstream_error", code=exc.status)
-        return json_response(body, exc.status)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
-    return json_response(error_body_for(exc), exc.status, headers)
-
-
-class EventStreamResponse(Response):
-    """An SSE response that stops the stream as soon as the client disconnects.
-
-    uvicorn speaks ASGI 2.3, where a disconnect is only seen by ``receive()``: a watcher task
-    waits on it and cancels the streaming task, so the body iterator's ``finally`` closes the
-    upstream at once, even while the upstream is silent.
-    """
-
-    def __init__(
-        self,
-        stream: AsyncIterator[bytes],
-        headers: list[tuple[bytes, bytes]],
-        cleanup: Callable[[], None] | None = None,
-    ) -> None:
-        self.status_code = 200
-        self.stream = stream
-        self.raw_headers = headers
-        #: runs last, whatever happened (even if the stream never started): idempotent
-        self.cleanup = cleanup
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, send: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        self._send = send
+        #: headers every answer carries (request id, profile version, backend)
+        self.headers = headers
+        self.started = False
+        self.complete = False
+        self.status = 0
+        #: why the request was cut short: "client_disconnect" | "shutdown"
+        self.cut: str | None = None
+        #: the stream being relayed, once there is one
+        self.norm: StreamNormalizer | None = None
         task = asyncio.current_task()
         assert task is not None
-        disconnected = False
+        self.task = task
 
-        async def watch() -> None:
-            nonlocal disconnected
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            disconnected = True
-            task.cancel()
+    def cancel(self, why: str) -> None:
+        if self.cut is None and not self.complete:
+            self.cut = why
+            self.task.cancel()
 
-        watcher = asyncio.create_task(watch())
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for frame in self.stream:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not disconnected:
-                raise
-            task.uncancel()
-        finally:
-            watcher.cancel()
-            await self.stream.aclose()  # type: ignore[attr-defined]
-            if self.cleanup is not None:
-                self.cleanup()
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        self.status = status
+        await self._send(
+            {"type": "http.response.start", "status": status, "headers": self.headers + headers}
+        )
+
+    async def body(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self, data: bytes = b"") -> None:
+        self.complete = True
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def whole(
+        self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON_HEADERS
+    ) -> None:
+        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+        await self.end(body)
+
+    async def error(self, exc: BaseException) -> None:
+        status, body, headers = render_error(exc)
+        await self.whole(status, body, [*_JSON_HEADERS, *headers])
 
 
-VARIANT_HEADER = b"x-gateway-variant"
+def watch_disconnect(receive: Any, ex: Exchange, owner: Owner) -> None:
+    """Cancel the request when its client goes away (uvicorn reports a disconnect only to
+    ``receive()``; the body has been read, so the next message is the disconnect)."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        ex.cancel("client_disconnect")
+
+    owner.push(asyncio.get_running_loop().create_task(watch()).cancel)
 
 
 class Gateway:
-    """Per-process state: the profile store and the upstream client."""
+    """Per-process request handling: profiles, admission, backends, upstream, metrics."""
 
     def __init__(
         self,
@@ -152,58 +139,132 @@ class Gateway:
         self.upstream = upstream
         self.pool = pool
         self.metrics = metrics
-        self.gate = ConcurrencyGate()
-        self._env_keys = [ClientKey(digest(k)) for k in settings.api_keys]
-        self._keyring: tuple[str, KeyRing] | None = None
-        self._rate: RateLimiter | None = None
-
-    def keyring(self, snapshot: ProfileSet) -> KeyRing:
-        """Keys from the environment plus the snapshot's keys file (rebuilt on reload)."""
-        if self._keyring is None or self._keyring[0] != snapshot.version:
-            keys = [*self._env_keys, *(ClientKey(d, m) for d, m in snapshot.key_digests)]
-            self._keyring = (snapshot.version, KeyRing(keys))
-        return self._keyring[1]
-
-    def rate_limiter(self, storage: str) -> RateLimiter:
-        if self._rate is None or self._rate.storage_uri != storage:
-            self._rate = RateLimiter(storage)
-        return self._rate
+        self.admission = Admission(settings.api_keys, settings.api_key_header)
+        self.shutting_down = False
+        self._exchanges: set[Exchange] = set()
 
     @property
-    def profiles(self) -> ProfileSet:
+    def profiles(self) -> Any:
         return self.store.current
 
-    async def handle(
-        self,
-        raw: bytes,
-        endpoint: Endpoint,
-        headers: dict[bytes, bytes] | None = None,
-        rec: RequestRecord | None = None,
-        key: ClientKey | None = None,
-    ) -> Response:
-        headers = headers or {}
-        rec = rec or RequestRecord(request_id(None), endpoint)
-        body = parse_request(raw, endpoint)
-        profiles = self.store.current  # one snapshot for the whole request
-        variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
-        name = f"{body['model']}:{variant}" if variant else body["model"]
-        profile = profiles.get(name)
-        if profile is None or not allows(key, profile.name):
-            # a model the key may not use looks exactly like one that does not exist
-            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
-        check_request(body, endpoint, profile, profiles.limits)
-        rec.model = profile.name
-        rec.stream = bool(body.get("stream"))
-        self.metrics.in_flight.labels(rec.model).inc()
-        rec.in_flight = True
-        upstream_body, wants_usage = build_upstream_body(body, profile, endpoint)
-        payload = orjson.dumps(upstream_body)
-        t = profile.timeouts
+    def begin_shutdown(self) -> None:
+        """SIGTERM: no new requests; those in flight get ``shutdown_grace`` seconds, then
+        are cut (streams end with a final event and ``[DONE]``). Idempotent."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
         loop = asyncio.get_running_loop()
-        total_deadline = loop.time() + t.total
-        stream = bool(body.get("stream"))
-        sticky = affinity_key(profile, body, headers)
-        out_headers = {"x-gateway-profile-version": profiles.version}
+        log.info(
+            "shutting down: %d request(s) in flight get %gs",
+            len(self._exchanges),
+            self.settings.shutdown_grace,
+        )
+        loop.call_later(self.settings.shutdown_grace, self._cut_all)
+
+    def _cut_all(self) -> None:
+        for ex in list(self._exchanges):
+            ex.cancel("shutdown")
+
+    # -- the entrance ----------------------------------------------------------------------
+
+    async def serve(self, scope: Any, receive: Any, send: Any, endpoint: Endpoint) -> None:
+        """Serve one completion request; never raises for anything a request can do."""
+        snapshot = self.store.current  # one snapshot for the whole request
+        rid = request_id(scope["headers"])
+        rec = RequestRecord(rid, endpoint)
+        ex = Exchange(
+            send,
+            [
+                (b"x-request-id", rid.encode()),
+                (b"x-gateway-profile-version", snapshot.version.encode()),
+            ],
+        )
+        owner = Owner()
+        owner.push(self._observe, rec, ex)
+        try:
+            try:
+                if self.shutting_down:
+                    raise ServiceUnavailable("The gateway is shutting down; retry.")
+                ticket = await self.admission.admit(snapshot, scope, receive, endpoint, owner)
+                rec.model = ticket.profile.name
+                rec.stream = ticket.body.get("stream") is True
+                gauge = self.metrics.in_flight.labels(rec.model)
+                gauge.inc()
+                owner.push(gauge.dec)
+                self._exchanges.add(ex)
+                owner.push(self._exchanges.discard, ex)
+                watch_disconnect(receive, ex, owner)
+                await self._proxy(ticket, rec, ex, owner)
+            except asyncio.CancelledError:
+                if ex.cut is None:
+                    raise  # not ours (the server is cancelling everything)
+                ex.task.uncancel()
+                await self._after_cut(ex)
+            except ClientDisconnected:
+                ex.cut = "client_disconnect"
+            except Exception as exc:
+                await self._fail(exc, ex, rec)
+        finally:
+            owner.close()
+
+    async def _after_cut(self, ex: Exchange) -> None:
+        if ex.cut == "client_disconnect":
+            if ex.norm is not None:
+                ex.norm.close("client_disconnect")
+            return
+        # shutdown: a stream gets its end; a request not yet answered gets 503
+        if ex.norm is not None and ex.started:
+            with contextlib.suppress(OSError):
+                await ex.end(ex.norm.close("shutdown"))
+        elif not ex.started:
+            await ex.error(ServiceUnavailable("The gateway is shutting down; retry."))
+
+    async def _fail(self, exc: Exception, ex: Exchange, rec: RequestRecord) -> None:
+        """The error boundary of a request."""
+        if isinstance(exc, GatewayError):
+            rec.error = exc.code
+            if isinstance(exc, UpstreamTimeout) and rec.stream:
+                rec.cause = exc.code  # a stream that timed out before its first byte
+            if exc.status >= 500:
+                log.warning("request %s -> %d %s", rec.request_id, exc.status, exc.code)
+        else:
+            rec.error = "internal_error"
+            log.error("unhandled error in request %s", rec.request_id, exc_info=exc)
+        if not ex.started:
+            await ex.error(exc)
+        elif not ex.complete:
+            # After the first byte errors are data: end the stream as the contract says.
+            norm = ex.norm
+            tail = norm.close("gateway_error") if norm is not None else b""
+            with contextlib.suppress(OSError):
+                await ex.end(tail)
+
+    def _observe(self, rec: RequestRecord, ex: Exchange) -> None:
+        if ex.cut == "client_disconnect" and not ex.started:
+            rec.status = 499  # the client went away before its answer started
+        else:
+            rec.status = ex.status or 499
+        if ex.cut is not None and rec.cause is None:
+            rec.cause = ex.cut
+        norm = ex.norm
+        if norm is not None:
+            self._stream_record(rec, norm)
+        self.metrics.observe(rec)
+
+    # -- upstream --------------------------------------------------------------------------
+
+    async def _proxy(self, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
+        """Try backends until one answers (failover before the first byte), then answer."""
+        profile, endpoint = t.profile, t.endpoint
+        upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
+        try:
+            payload = orjson.dumps(upstream_body)
+        except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
+            raise RequestError("The request body is nested too deeply.") from None
+        timeouts = profile.timeouts
+        loop = asyncio.get_running_loop()
+        total_deadline = loop.time() + timeouts.total
+        sticky = affinity_key(profile, t.body, t.headers)
         tried: set[str] = set()
         last: UpstreamError | None = None
         rec.overhead = time.perf_counter() - rec.started
@@ -216,165 +277,123 @@ class Gateway:
             tried.add(backend.url)
             rec.backend = backend.name
             rec.retries = len(tried) - 1
-            state = self.pool.state(backend)
-            state.outstanding += 1
             try:
-                if stream:
-                    opened = await self._open_stream(
-                        backend, endpoint, payload, t, total_deadline, rec.request_id
-                    )
-                else:
-                    raw_resp = await self._fetch(
-                        backend, endpoint, payload, total_deadline, t, rec.request_id
-                    )
+                result = await self._attempt(backend, t, payload, total_deadline, rec, owner)
             except UpstreamError as exc:
-                state.outstanding -= 1
-                if isinstance(exc, UpstreamStatusError) and exc.status < 500:
+                if isinstance(exc, UpstreamStatusError) and exc.client_error:
                     raise  # the backend judged the request itself: another would agree
                 self.pool.failure(backend, exc.code or exc.message)
                 last = exc
                 continue
-            except BaseException:
-                state.outstanding -= 1
-                raise
             self.pool.success(backend)
-            out_headers["x-gateway-backend"] = backend.name
-            if stream:
-                norm = self._normalizer(profile, endpoint, body, wants_usage)
-                return self._stream_response(
-                    rec, state, opened, norm, t, total_deadline, out_headers
-                )
-            state.outstanding -= 1
-            t_resp = time.perf_counter()
-            obj = self._finish_json(raw_resp, profile, endpoint)
-            response = json_response(obj, headers=out_headers)
-            rec.overhead += time.perf_counter() - t_resp
-            self._json_done(rec, obj)
-            return response
-        if stream and isinstance(last, UpstreamTimeout) and last.phase in ("first_token", "total"):
-            # Nothing reached the client and no backend produced a first token in time: the
-            # stream contract still holds (a final chunk, then [DONE]).
-            norm = self._normalizer(profile, endpoint, body, wants_usage)
-            frames = ended(
-                norm,
-                f"{last.phase}_timeout",
-                on_close=lambda n, o: self._stream_done(rec, n, o),
-            )
-            return EventStreamResponse(frames, _sse_headers(out_headers))
+            ex.headers.append((b"x-gateway-backend", backend.name.encode()))
+            if isinstance(result, Opened):
+                await self._stream(result, t, rec, ex, total_deadline, wants_usage)
+            else:
+                await self._json(result, profile, endpoint, rec, ex)
+            return
         if last is None:
             last = (
-                UpstreamTimeout("total", t.total)
+                UpstreamTimeout("total", timeouts.total)
                 if tried
                 else UpstreamUnavailable(f"no backend available for `{profile.name}`")
             )
         raise last
 
-    def _stream_response(
-        self,
-        rec: RequestRecord,
-        state: BackendState,
-        opened: Opened,
-        norm: StreamNormalizer,
-        t: Timeouts,
-        total_deadline: float,
-        out_headers: dict[str, str],
-    ) -> EventStreamResponse:
-        """The client's stream; its end is accounted exactly once, however it ends."""
-        closed = False
-
-        def done(n: StreamNormalizer, overhead: float) -> None:
-            nonlocal closed
-            if not closed:
-                closed = True
-                state.outstanding -= 1
-                self._stream_done(rec, n, overhead)
-
-        def abandon() -> None:
-            if not closed:  # the client left before the stream even started
-                opened.resp.close(reuse=False)
-                norm.close("client_disconnect")
-                done(norm, 0.0)
-
-        gap = self.metrics.inter_chunk.labels(rec.model).observe
-        frames = relay(opened, norm, t, total_deadline, on_close=done, on_gap=gap)
-        return EventStreamResponse(frames, _sse_headers(out_headers), cleanup=abandon)
-
-    async def _post(
-        self, backend: Backend, endpoint: Endpoint, payload: bytes, t: Timeouts, rid: str
-    ) -> UpstreamResponse:
-        return await self.upstream.post(
-            backend, ENDPOINT_PATHS[endpoint], payload, connect_timeout=t.connect, request_id=rid
-        )
-
-    async def _open_stream(
+    async def _attempt(
         self,
         backend: Backend,
-        endpoint: Endpoint,
+        ticket: Ticket,
         payload: bytes,
-        t: Timeouts,
-        total: float,
-        rid: str,
-    ) -> Opened:
-        loop = asyncio.get_running_loop()
-        first_token = loop.time() + t.first_token
-        deadline = min(first_token, total)
-        phase: TimeoutPhase = "first_token" if first_token < total else "total"
+        total_deadline: float,
+        rec: RequestRecord,
+        owner: Owner,
+    ) -> Opened | bytes:
+        """One backend: a primed stream, or a whole non-stream body. Raises UpstreamError."""
+        t = ticket.profile.timeouts
+        deadline, phase, seconds = total_deadline, "total", t.total
+        if rec.stream:
+            first_token = asyncio.get_running_loop().time() + t.first_token
+            if first_token < total_deadline:
+                deadline, phase, seconds = first_token, "first_token", t.first_token
         resp = None
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self._post(backend, endpoint, payload, t, rid)
-            return await prime(resp, deadline)
+                resp = await self.upstream.post(
+                    backend,
+                    ENDPOINT_PATHS[ticket.endpoint],
+                    payload,
+                    self.pool.lease(backend),
+                    connect_timeout=t.connect,
+                    request_id=rec.request_id,
+                )
+                owner.push(resp.close)  # the owner's backstop; idempotent
+                if rec.stream:
+                    return await prime(resp, deadline)
+                body = await resp.read_all(ticket.snapshot.limits.max_upstream_body_bytes)
+            resp.close(reuse=True)
+            return body
         except TimeoutError:
             if resp is not None:
-                resp.close(reuse=False)
-            raise UpstreamTimeout(
-                phase, t.first_token if phase == "first_token" else t.total
-            ) from None
+                resp.close()
+            ph: TimeoutPhase = "first_token" if phase == "first_token" else "total"
+            raise UpstreamTimeout(ph, seconds) from None
         except BaseException:
             if resp is not None:
-                resp.close(reuse=False)
+                resp.close()
             raise
 
-    async def _fetch(
+    async def _stream(
         self,
-        backend: Backend,
-        endpoint: Endpoint,
-        payload: bytes,
-        total: float,
-        t: Timeouts,
-        rid: str,
-    ) -> bytes:
-        try:
-            async with asyncio.timeout_at(total):
-                resp = await self._post(backend, endpoint, payload, t, rid)
-                try:
-                    return await resp.read_all()
-                finally:
-                    resp.close(reuse=True)
-        except TimeoutError:
-            raise UpstreamTimeout("total", t.total) from None
-
-    def _normalizer(
-        self, profile: Profile, endpoint: Endpoint, body: dict[str, Any], wants_usage: bool
-    ) -> StreamNormalizer:
-        return StreamNormalizer(
+        opened: Opened,
+        t: Ticket,
+        rec: RequestRecord,
+        ex: Exchange,
+        total_deadline: float,
+        wants_usage: bool,
+    ) -> None:
+        profile = t.profile
+        norm = StreamNormalizer(
             public_model=profile.name,
-            endpoint=endpoint,
+            endpoint=t.endpoint,
             stop_text=profile.stop_text,
             include_usage=wants_usage,
-            n=int(body.get("n") or 1),
+            n=choice_count(t.body),
             reasoning=profile.reasoning,
             assistant_prefix=profile.assistant_prefix,
+            termination=profile.stream_termination,
         )
+        ex.norm = norm
+        await ex.start(200, _SSE_HEADERS)
+        gaps = GapCounts()
+        try:
+            tail = await relay(opened, norm, profile.timeouts, total_deadline, ex.body, on_gap=gaps)
+        finally:
+            gaps.flush_into(self.metrics.inter_chunk.labels(rec.model))
+        await ex.end(tail)
 
-    def _finish_json(self, raw: bytes, profile: Profile, endpoint: Endpoint) -> dict[str, Any]:
+    async def _json(
+        self, raw: bytes, profile: Profile, endpoint: Endpoint, rec: RequestRecord, ex: Exchange
+    ) -> None:
+        t0 = time.perf_counter()
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamProtocolError("upstream sent a response that is not JSON") from None
-        if not isinstance(obj, dict):
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not (
+            choices is None
+            or (isinstance(choices, list) and all(isinstance(c, dict) for c in choices))
+        ):
             raise UpstreamProtocolError("upstream sent an unexpected response")
-        return normalize_response(
+        if profile.stream_termination == "error" and any(
+            isinstance(ch, dict)
+            and isinstance(reason := ch.get("finish_reason"), str)
+            and reason in FINISH_REPAIRS
+            for ch in obj.get("choices") or ()
+        ):
+            raise UpstreamAborted("The model server aborted the request; the answer is incomplete.")
+        obj = normalize_response(
             obj,
             public_model=profile.name,
             endpoint=endpoint,
@@ -382,20 +401,20 @@ class Gateway:
             reasoning=profile.reasoning,
             assistant_prefix=profile.assistant_prefix,
         )
+        body = orjson.dumps(obj)
+        rec.overhead += time.perf_counter() - t0
+        for ch in obj.get("choices") or ():
+            final = ch.get("finish_reason")
+            rec.finishes.append((ch.get("upstream_finish_reason", final), final))
+            if ch.get("gateway_termination") == "stop_text":
+                rec.stop_text_hits += 1
+        usage = obj.get("usage")
+        rec.usage = usage if isinstance(usage, dict) else None
+        await ex.whole(200, body)
 
-    def finish(self, rec: RequestRecord) -> None:
-        """Observe a request once: metrics and the access-log line."""
-        if rec.done:
-            return
-        rec.done = True
-        if rec.slot is not None:
-            self.gate.release(rec.slot)
-        if rec.in_flight:
-            self.metrics.in_flight.labels(rec.model).dec()
-        self.metrics.observe(rec)
-
-    def _stream_done(self, rec: RequestRecord, norm: StreamNormalizer, overhead: float) -> None:
-        rec.overhead += overhead
+    @staticmethod
+    def _stream_record(rec: RequestRecord, norm: StreamNormalizer) -> None:
+        rec.overhead += norm.overhead
         rec.cause = norm.cause
         rec.finishes = norm.finishes
         rec.usage = norm.usage
@@ -405,30 +424,28 @@ class Gateway:
             rec.ttft = norm.first_text_at - rec.started
         if norm.first_content_at is not None:
             rec.ttfc = norm.first_content_at - rec.started
-        self.finish(rec)
-
-    def _json_done(self, rec: RequestRecord, obj: dict[str, Any]) -> None:
-        for ch in obj.get("choices") or ():
-            final = ch.get("finish_reason")
-            rec.finishes.append((ch.get("upstream_finish_reason", final), final))
-            if ch.get("gateway_termination") == "stop_text":
-                rec.stop_text_hits += 1
-        usage = obj.get("usage")
-        rec.usage = usage if isinstance(usage, dict) else None
-        self.finish(rec)
 
 
-def request_id(given: bytes | None) -> str:
-    """The client's ``x-request-id`` if it is sane (bounded, safe characters), else a new one."""
-    if given:
-        value = given.decode("latin-1")[:128]
-        if _SAFE_ID.fullmatch(value):
-            return value
+def choice_count(body: dict[str, Any]) -> int:
+    """How many choices the upstream streams: ``n`` per prompt, and a completion request
+    may carry a list of prompts (strings or token-id lists)."""
+    n = int(body.get("n") or 1)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        n *= len(prompt)
+    return n
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``x-request-id`` if it is sane (up to 128 safe characters); anything
+    else, an over-long one included, is replaced by a new id."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            if _SAFE_ID.fullmatch(given):
+                return given
+            break
     return uuid.uuid4().hex
-
-
-def _sse_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [*_SSE_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())]
 
 
 def affinity_key(profile: Profile, body: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
@@ -442,23 +459,10 @@ def affinity_key(profile: Profile, body: dict[str, Any], headers: dict[bytes, by
             system = [m for m in msgs if m.get("role") in ("system", "developer")]
             first_user = next((m for m in msgs if m.get("role") == "user"), None)
             stable = [*system, first_user] if first_user else system
-            return orjson.dumps([m.get("content") for m in stable]).decode()
+            try:
+                return orjson.dumps([m.get("content") for m in stable]).decode()
+            except orjson.JSONEncodeError:
+                return None
         prompt = body.get("prompt")
         return prompt[:512] if isinstance(prompt, str) else None
     return None
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError  # the client left before sending its request
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .profiles import Backend, HealthSpec, ProfileSet
+from .upstream import Lease
 
 log = logging.getLogger("gateway.pool")
 
@@ -88,9 +89,16 @@ class HashRing:
 class BackendPool:
     """Selection and health for every backend of the current profiles."""
 
-    def __init__(self, health: HealthSpec, probe: Probe | None = None) -> None:
+    def __init__(
+        self,
+        health: HealthSpec,
+        probe: Probe | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.health = health
         self._probe = probe
+        self._clock = clock
         self._states: dict[str, BackendState] = {}
         self._rings: dict[tuple[Backend, ...], HashRing] = {}
         self._task: asyncio.Task[None] | None = None
@@ -105,7 +113,7 @@ class BackendPool:
         self, backends: Sequence[Backend], exclude: set[str], affinity_key: str | None = None
     ) -> Backend | None:
         """The backend for the next attempt, or ``None`` when every one was tried."""
-        now = time.monotonic()
+        now = self._clock()
         left = [b for b in backends if b.url not in exclude]
         if not left:
             return None
@@ -142,6 +150,17 @@ class BackendPool:
         self.state(best).current_weight -= total
         return best
 
+    def lease(self, backend: Backend) -> Lease:
+        """Count one request against ``backend`` until the returned lease is released; the
+        only place ``outstanding`` changes."""
+        st = self.state(backend)
+        st.outstanding += 1
+
+        def release() -> None:
+            st.outstanding -= 1
+
+        return Lease(release)
+
     def success(self, backend: Backend) -> None:
         st = self.state(backend)
         st.failures = 0
@@ -151,8 +170,8 @@ class BackendPool:
         st = self.state(backend)
         st.failures += 1
         st.last_error = error
-        if st.failures >= self.health.eject_after and st.down_until <= time.monotonic():
-            st.down_until = time.monotonic() + self.health.cooloff
+        if st.failures >= self.health.eject_after and st.down_until <= self._clock():
+            st.down_until = self._clock() + self.health.cooloff
             st.needs_probe = self._probe is not None and self.health.interval > 0
             log.warning(
                 "backend %s ejected for %gs after %d failures: %s",
@@ -162,12 +181,19 @@ class BackendPool:
                 error,
             )
 
-    def describe(self, backends: Iterable[Backend]) -> dict[str, dict[str, object]]:
-        now = time.monotonic()
-        return {b.name: {"url": b.url, **self.state(b).describe(now)} for b in backends}
+    def describe(
+        self, backends: Iterable[tuple[str, Backend]], *, urls: bool = False
+    ) -> dict[str, dict[str, object]]:
+        """``{"<model>/<backend name>": state}``; internal URLs only when ``urls`` (admin)."""
+        now = self._clock()
+        out: dict[str, dict[str, object]] = {}
+        for model, b in backends:
+            info = self.state(b).describe(now)
+            out[f"{model}/{b.name}"] = {"url": b.url, **info} if urls else info
+        return out
 
     def available(self, backend: Backend) -> bool:
-        return self.state(backend).available(time.monotonic())
+        return self.state(backend).available(self._clock())
 
     # -- active health checks -------------------------------------------------------------
 
@@ -182,7 +208,7 @@ class BackendPool:
         results = await asyncio.gather(
             *(self._probe(b, self.health.timeout) for b in unique.values())
         )
-        now = time.monotonic()
+        now = self._clock()
         for b, ok in zip(unique.values(), results, strict=True):
             st = self.state(b)
             if ok and now >= st.down_until:

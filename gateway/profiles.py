@@ -40,6 +40,9 @@ class TimeoutsSpec(_Strict):
     first_token: float = Field(default=60, gt=0)
     idle: float = Field(default=15, gt=0)
     total: float = Field(default=600, gt=0)
+    #: seconds of nothing forwarded on an open stream before an SSE comment is sent (keeps
+    #: client read timeouts and proxies from cutting a model that thinks in silence); 0: off
+    heartbeat: float = Field(default=10, ge=0)
 
 
 class HealthSpec(_Strict):
@@ -64,6 +67,8 @@ class LimitsSpec(_Strict):
     """Front-door limits (in-flight and memory-backed rate counters are per replica)."""
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: seconds a client may take to send its request body (408 after it)
+    body_timeout: float = Field(default=30, gt=0, le=3600)
     max_messages: int = Field(default=2048, ge=1)
     #: characters over all message contents (chat) or the prompt (completions)
     max_prompt_chars: int = Field(default=4_000_000, ge=1)
@@ -71,10 +76,14 @@ class LimitsSpec(_Strict):
     key_max_in_flight: int = Field(default=256, ge=1)
     #: requests per key (per client address without keys), e.g. "600/minute"
     key_rate: str | None = None
+    #: a backend's non-stream answer larger than this is refused (502)
+    max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: failed authentications per client address before it gets 429 (brute-force guard)
+    auth_failure_rate: str | None = "30/minute"
     #: ``limits`` storage: memory:// (per replica) or redis://host:6379 (shared)
     rate_storage: str = "memory://"
 
-    @field_validator("key_rate")
+    @field_validator("key_rate", "auth_failure_rate")
     @classmethod
     def _rate(cls, v: str | None) -> str | None:
         if v is not None:
@@ -92,6 +101,7 @@ class TimeoutOverrides(_Strict):
     first_token: float | None = Field(default=None, gt=0)
     idle: float | None = Field(default=None, gt=0)
     total: float | None = Field(default=None, gt=0)
+    heartbeat: float | None = Field(default=None, ge=0)
 
 
 class BackendSpec(_Strict):
@@ -190,6 +200,10 @@ class ModelSpec(_Strict):
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
     #: largest ``n`` (choices per request)
     max_n: int = Field(default=4, ge=1, le=128)
+    #: how a stream the gateway must cut after its first byte ends (timeout, upstream drop
+    #: or abort, shutdown): ``error``: an OpenAI error event, then [DONE] (SDKs raise);
+    #: ``graceful``: a final chunk with ``finish_reason: length`` and ``gateway_termination``
+    stream_termination: Literal["error", "graceful"] = "error"
 
     @field_validator("stop_token_ids")
     @classmethod
@@ -247,6 +261,7 @@ class Timeouts:
     first_token: float
     idle: float
     total: float
+    heartbeat: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +308,7 @@ class Profile:
     max_tokens_limit: int | None = None
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
     max_n: int = 4
+    stream_termination: Literal["error", "graceful"] = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +418,9 @@ def _resolve_one(
                 )
                 return None
         backends.append(
-            Backend(name=b.name or urlsplit(b.url).netloc, url=b.url, weight=b.weight, api_key=key)
+            # the default name never shows the internal address (it reaches headers,
+            # metrics labels and logs)
+            Backend(name=b.name or f"b{i}", url=b.url, weight=b.weight, api_key=key)
         )
     t = m.timeouts
     r = m.reasoning
@@ -422,6 +440,7 @@ def _resolve_one(
             first_token=t.first_token or base.first_token,
             idle=t.idle or base.idle,
             total=t.total or base.total,
+            heartbeat=base.heartbeat if t.heartbeat is None else t.heartbeat,
         ),
         reasoning=None
         if r is None
@@ -439,6 +458,7 @@ def _resolve_one(
         max_tokens_limit=m.max_tokens_limit,
         max_tokens_policy=m.max_tokens_policy,
         max_n=m.max_n,
+        stream_termination=m.stream_termination,
     )
 
 

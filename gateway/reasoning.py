@@ -90,7 +90,15 @@ class ThinkSplitter:
 class ReasoningStream:
     """One choice's reasoning handling on a chat stream (after the stop-text scrub)."""
 
-    __slots__ = ("chars", "prefix", "rules", "splitter", "unterminated_text", "upstream_split")
+    __slots__ = (
+        "answering",
+        "chars",
+        "prefix",
+        "rules",
+        "splitter",
+        "unterminated_text",
+        "upstream_split",
+    )
 
     def __init__(self, rules: ReasoningRules, assistant_prefix: str = "") -> None:
         self.rules = rules
@@ -100,6 +108,8 @@ class ReasoningStream:
             else None
         )
         self.upstream_split = False
+        #: answer text has started (after upstream-split reasoning)
+        self.answering = False
         #: reasoning characters seen (also in ``hide`` mode)
         self.chars = 0
         #: text streamed as reasoning while no ``</think>`` closed it (see module doc)
@@ -117,6 +127,35 @@ class ReasoningStream:
         if content is not None:
             delta["content"] = content
 
+    def fast_delta(self, key: str, text: str) -> dict[str, str] | None:
+        """The rewritten delta for plain text (``text`` has no ``<``; the caller checked)
+        arriving in field ``key``; ``{}`` when it is hidden; None when the full
+        :meth:`delta` must handle it (a prefix to show, a tag held, newlines to drop)."""
+        if self.prefix:
+            return None
+        if key == "content":
+            if self.upstream_split:
+                return {"content": text} if self.answering else None
+            sp = self.splitter
+            if sp is None:
+                return {"content": text}
+            if sp._held or sp._after_close:
+                return None
+            if not sp.in_reasoning:
+                return {"content": text}
+            if sp.closed:
+                self.unterminated_text.clear()
+            else:
+                self.unterminated_text.append(text)
+        elif key in UPSTREAM_FIELDS:
+            self.upstream_split = True
+        else:
+            return None
+        self.chars += len(text)
+        if self.rules.mode == "hide":
+            return {}
+        return dict.fromkeys(self.rules.fields, text)
+
     def delta(self, delta: dict[str, Any]) -> bool:
         """Rewrite a delta in place; False when nothing is left to send."""
         had_content = "content" in delta
@@ -129,6 +168,15 @@ class ReasoningStream:
             self.upstream_split = True
             self._put(delta, upstream, None)
         text = delta.get("content")
+        if self.upstream_split and not self.answering and isinstance(text, str):
+            # vLLM's reasoning parser leaves the newlines after </think> at the start of the
+            # answer; the gateway's own splitter drops them: the same result both ways
+            text = text.lstrip("\n")
+            if text:
+                self.answering = True
+                delta["content"] = text
+            else:
+                delta.pop("content", None)
         if isinstance(text, str) and text:
             if self.prefix:
                 text, self.prefix = self.prefix + text, ""
@@ -187,6 +235,8 @@ def split_message(
         if isinstance(value, str) and upstream is None:
             upstream = value
     text = message.get("content")
+    if upstream is not None and isinstance(text, str):
+        text = message["content"] = text.lstrip("\n") or None  # as in the stream
     reasoning: str | None = upstream
     if rules.mode == "inline" and assistant_prefix and isinstance(text, str):
         message["content"] = assistant_prefix + text

@@ -11,21 +11,39 @@
   These counters are per replica.
 * Rate: requests per key (per client address without keys) through the ``limits`` library,
   moving window; ``memory://`` storage is per replica, ``redis://...`` is shared by replicas.
+
+:class:`Admission` is the one way into a completion route: auth, rate limit, body (under a
+deadline), validation, the per-key model check, request limits and the concurrency slot, all
+from one profile snapshot; everything it takes is released by the request's exit stack, once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from .errors import AuthError, TooManyRequests
+from .errors import (
+    AuthError,
+    ClientDisconnected,
+    ModelNotFound,
+    RequestError,
+    RequestTimeout,
+    RequestTooLarge,
+    TooManyRequests,
+)
+from .owner import Owner
+from .profiles import LimitsSpec, Profile, ProfileSet
+from .protocol import Endpoint, parse_request
+from .transform import check_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +71,17 @@ class KeyRing:
         return bool(self.keys)
 
     def authenticate(self, authorization: bytes | None) -> ClientKey | None:
-        """The key presented as ``Authorization: Bearer <key>``; None when keys are off."""
+        """The key presented as ``Authorization: Bearer <key>``; None when keys are off.
+
+        The key's bytes are hashed as sent: a key configured as UTF-8 text matches the
+        same key sent as UTF-8 bytes."""
         if not self.keys:
             return None
-        raw = (authorization or b"").decode("latin-1")
-        scheme, _, token = raw.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = (authorization or b"").partition(b" ")
+        token = token.strip(b" \t")
+        if scheme.lower() != b"bearer" or not token:
             raise AuthError("Missing API key: send Authorization: Bearer <key>.")
-        presented = digest(token.strip())
+        presented = hashlib.sha256(token).digest()
         found = None
         for key in self.keys:  # every digest compared, in constant time each
             if hmac.compare_digest(presented, key.digest):
@@ -116,14 +137,167 @@ class RateLimiter:
         self._limiter = MovingWindowRateLimiter(storage_from_string(uri))
         self._items: dict[str, RateLimitItem] = {}
 
-    async def hit(self, rate: str, who: str) -> None:
+    def _item(self, rate: str) -> RateLimitItem:
         item = self._items.get(rate)
         if item is None:
             item = self._items[rate] = parse(rate)
-        if await self._limiter.hit(item, "gateway", who):
-            return
-        stats = await self._limiter.get_window_stats(item, "gateway", who)
+        return item
+
+    async def _refuse(self, item: RateLimitItem, space: str, who: str, message: str) -> None:
+        stats = await self._limiter.get_window_stats(item, space, who)
         retry = math.ceil(stats.reset_time - time.time())
-        raise TooManyRequests(
-            f"Rate limit of {rate} exceeded for this API key.", "rate_limit_exceeded", retry
-        )
+        raise TooManyRequests(message, "rate_limit_exceeded", retry)
+
+    async def hit(self, rate: str, who: str) -> None:
+        item = self._item(rate)
+        if not await self._limiter.hit(item, "gateway", who):
+            await self._refuse(
+                item, "gateway", who, f"Rate limit of {rate} exceeded for this API key."
+            )
+
+    async def check_failures(self, rate: str, address: str) -> None:
+        """429 for an address whose failed authentications are over ``rate``."""
+        item = self._item(rate)
+        if not await self._limiter.test(item, "auth-failures", address):
+            await self._refuse(
+                item, "auth-failures", address, "Too many failed authentications; retry later."
+            )
+
+    async def record_failure(self, rate: str, address: str) -> None:
+        await self._limiter.hit(self._item(rate), "auth-failures", address)
+
+
+#: headers that must appear at most once (the first and the last copy could disagree)
+_SINGLE_HEADERS = frozenset({b"authorization", b"api-key", b"content-length", b"x-gateway-variant"})
+VARIANT_HEADER = b"x-gateway-variant"
+
+
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request headers by (lower-case) name; a repeated security-relevant header is a
+    400, so no two parts of the gateway can read different copies of it."""
+    out: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in out and name in _SINGLE_HEADERS:
+            raise RequestError(f"more than one {name.decode()} header", param=name.decode())
+        out[name] = value
+    return out
+
+
+def client_address(scope: Any) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "anonymous"
+
+
+async def read_body(receive: Any, limits: LimitsSpec) -> bytes:
+    """The whole request body, at most ``max_body_bytes``, within ``body_timeout`` seconds
+    (408 after it); a client that leaves meanwhile raises :class:`ClientDisconnected`."""
+    chunks = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise RequestTooLarge(limits.max_body_bytes)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(limits.body_timeout) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What admission established; the rest of the request uses only this."""
+
+    snapshot: ProfileSet
+    profile: Profile
+    key: ClientKey | None
+    #: the validated request body (``max_tokens`` already clamped)
+    body: dict[str, Any]
+    headers: dict[bytes, bytes]
+    endpoint: Endpoint
+
+
+class Admission:
+    """Keys, rate limits and concurrency caps of one process (see module doc)."""
+
+    def __init__(self, env_keys: tuple[str, ...] = (), api_key_header: bool = False) -> None:
+        self.gate = ConcurrencyGate()
+        #: accept ``api-key: <key>`` (Azure style) as well as ``Authorization: Bearer``
+        self.api_key_header = api_key_header
+        self._env_keys = [ClientKey(digest(k)) for k in env_keys]
+        self._keyring: tuple[str, KeyRing] | None = None
+        self._rate: RateLimiter | None = None
+
+    def keyring(self, snapshot: ProfileSet) -> KeyRing:
+        """Keys from the environment plus the snapshot's keys file (rebuilt on reload)."""
+        if self._keyring is None or self._keyring[0] != snapshot.version:
+            keys = [*self._env_keys, *(ClientKey(d, m) for d, m in snapshot.key_digests)]
+            self._keyring = (snapshot.version, KeyRing(keys))
+        return self._keyring[1]
+
+    def rate_limiter(self, storage: str) -> RateLimiter:
+        if self._rate is None or self._rate.storage_uri != storage:
+            self._rate = RateLimiter(storage)
+        return self._rate
+
+    async def authenticate(
+        self, snapshot: ProfileSet, headers: dict[bytes, bytes], address: str
+    ) -> ClientKey | None:
+        """The caller's key (None when keys are off). Failed attempts are counted per client
+        address; past ``limits.auth_failure_rate`` the address gets 429 without a check."""
+        keyring = self.keyring(snapshot)
+        if not keyring.enabled:
+            return None
+        limits = snapshot.limits
+        rate = limits.auth_failure_rate
+        if rate:
+            await self.rate_limiter(limits.rate_storage).check_failures(rate, address)
+        authorization = headers.get(b"authorization")
+        if self.api_key_header and b"api-key" in headers:
+            if authorization is not None:
+                raise RequestError("Send the key in Authorization or in api-key, not both.")
+            authorization = b"Bearer " + headers[b"api-key"]
+        try:
+            return keyring.authenticate(authorization)
+        except AuthError:
+            if rate:
+                await self.rate_limiter(limits.rate_storage).record_failure(rate, address)
+            raise
+
+    async def admit(
+        self,
+        snapshot: ProfileSet,
+        scope: dict[str, Any],
+        receive: Any,
+        endpoint: Endpoint,
+        owner: Owner,
+    ) -> Ticket:
+        """Admit one completion request or raise the refusal. The concurrency slot is taken
+        last, after the body arrived, and its release is pushed on ``owner``."""
+        limits = snapshot.limits
+        headers = header_map(scope["headers"])
+        address = client_address(scope)
+        key = await self.authenticate(snapshot, headers, address)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise RequestTooLarge(limits.max_body_bytes)
+        who = key.id if key else address
+        if limits.key_rate:
+            await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
+        body, chars = parse_request(await read_body(receive, limits), endpoint)
+        variant = headers.get(VARIANT_HEADER, b"").decode("latin-1").strip()
+        name = f"{body['model']}:{variant}" if variant else body["model"]
+        profile = snapshot.get(name)
+        if profile is None or not allows(key, profile.name):
+            # a model the key may not use looks exactly like one that does not exist
+            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        check_request(body, endpoint, profile, limits, chars)
+        self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
+        owner.push(self.gate.release, who)
+        return Ticket(snapshot, profile, key, body, headers, endpoint)

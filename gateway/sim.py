@@ -470,17 +470,24 @@ class SimVLLM:
         job.rid = f"{prefix}{base}" if isinstance(base, str) else new_id(prefix)
         if body.get("stream"):
             return await self._stream(request, job)
-        async with self.load.admit(len(job.choices), job.prompt_tokens) as slot:
-            longest = max((len(c.tokens) for c in job.choices), default=0)
-            await asyncio.sleep(
-                float(job.sim.get("first_token_delay", 0)) + self.token_delay * longest
-            )
-            slot.generated = sum(len(c.tokens) for c in job.choices)
-            mode = job.sim.get("finish")
-            for i, c in enumerate(job.choices):
-                if (mode[i] if isinstance(mode, list) and i < len(mode) else mode) == "abort":
-                    c.finish = "abort"
-                self.load.finished(c.finish)
+        self.active += 1
+        try:  # a client that leaves a non-stream request cancels it, as in vLLM
+            async with self.load.admit(len(job.choices), job.prompt_tokens) as slot:
+                longest = max((len(c.tokens) for c in job.choices), default=0)
+                await asyncio.sleep(
+                    float(job.sim.get("first_token_delay", 0)) + self.token_delay * longest
+                )
+                slot.generated = sum(len(c.tokens) for c in job.choices)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+        mode = job.sim.get("finish")
+        for i, c in enumerate(job.choices):
+            if (mode[i] if isinstance(mode, list) and i < len(mode) else mode) == "abort":
+                c.finish = "abort"
+            self.load.finished(c.finish)
         return _json(full_body(job))
 
     async def _stream(self, request: web.Request, job: Job) -> web.StreamResponse:

@@ -399,12 +399,20 @@ class SimResponses:
             return _send(queued)
         if body.get("stream"):
             return await self._stream(request, p)
-        async with server.load.admit(1, p.prompt_tokens) as slot:
-            await asyncio.sleep(
-                float(p.sim.get("first_token_delay", 0)) + server.token_delay * len(p.choice.tokens)
-            )
-            slot.generated = len(p.choice.tokens)
-            server.load.finished(p.choice.finish)
+        server.active += 1
+        try:  # a client that leaves cancels the request, as in vLLM
+            async with server.load.admit(1, p.prompt_tokens) as slot:
+                await asyncio.sleep(
+                    float(p.sim.get("first_token_delay", 0))
+                    + server.token_delay * len(p.choice.tokens)
+                )
+                slot.generated = len(p.choice.tokens)
+        except asyncio.CancelledError:
+            server.cancelled += 1
+            raise
+        finally:
+            server.active -= 1
+        server.load.finished(p.choice.finish)
         response = self.response(p, self.final_status(p), self.output_items(p), with_usage=True)
         self.remember(p, response)
         return _send(response)

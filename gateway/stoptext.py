@@ -25,6 +25,11 @@ class StopTextMatcher:
         #: the stop string that matched, once ``hit``
         self.matched: str | None = None
 
+    @property
+    def holding(self) -> bool:
+        """Text is held back (it could begin a stop string)."""
+        return bool(self._held)
+
     def feed(self, text: str) -> tuple[str, bool]:
         if self.hit:
             return "", True
@@ -36,11 +41,17 @@ class StopTextMatcher:
             i = s.find(stop)
             if i != -1 and (best == -1 or i < best):
                 best, self.matched = i, stop
+        keep = self._partial_suffix(s)
         if best != -1:
+            start = len(s) - keep
+            if keep and start < best:
+                # a stop that starts earlier may still be completing: decide on more text
+                # (the later one found here is still in the held text then)
+                self._held = s[start:]
+                return s[:start], False
             self.hit = True
             self._held = ""
             return s[:best], True
-        keep = self._partial_suffix(s)
         if keep:
             self._held = s[-keep:]
             return s[:-keep], False
@@ -64,5 +75,13 @@ class StopTextMatcher:
         return longest
 
     def flush(self) -> str:
+        """End of input: release what is held, up to a stop it contains (then ``hit``)."""
         held, self._held = self._held, ""
-        return "" if self.hit else held
+        if self.hit:
+            return ""
+        found = [(i, stop) for stop in self._stops if (i := held.find(stop)) != -1]
+        if found:
+            i, self.matched = min(found)
+            self.hit = True
+            return held[:i]
+        return held

@@ -1,40 +1,94 @@
 """The stream contract: whatever the upstream sends, the client gets well-formed SSE that
-ends with exactly one final chunk per choice (finish_reason from OpenAI's set) and
-``data: [DONE]`` -- or, for an upstream error event, that error event and ``[DONE]``.
+ends with ``data: [DONE]`` after exactly one of:
+
+* one final chunk per choice, with a ``finish_reason`` from OpenAI's set (a normal end, a
+  stop string the gateway caught, a repaired ``null`` finish); or
+* one OpenAI error event ``{"error": {...}}``: the upstream's own error event, or -- with
+  ``stream_termination: error``, the default -- the reason the gateway cut the stream after
+  its first byte (``idle_timeout``, ``total_timeout``, ``upstream_disconnect``,
+  ``upstream_abort``, ``server_shutting_down``), so that SDKs raise instead of returning a
+  partial answer that looks complete. With ``stream_termination: graceful`` such a stream
+  ends with final chunks instead (``finish_reason: length`` plus the side fields
+  ``upstream_finish_reason`` and ``gateway_termination``), for front ends that prefer it.
 
 :class:`StreamNormalizer` is sans-I/O (payloads in, frames out); :func:`relay` drives it
-from an upstream response under the named timeouts. Final chunks are built in one place,
-:meth:`StreamNormalizer.close`. Side fields on a repaired final choice:
-``upstream_finish_reason`` (what the upstream said, possibly null) and
-``gateway_termination`` (why the gateway ended it: ``stop_text``, ``first_token_timeout``,
-``idle_timeout``, ``total_timeout``, ``upstream_disconnect``).
+from an upstream response under the named timeouts and sends heartbeats (SSE comments)
+while nothing is forwarded. Stream ends are built in one place,
+:meth:`StreamNormalizer.close`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import orjson
 
-from .errors import UpstreamDisconnected, UpstreamError
+from .errors import UpstreamDisconnected, UpstreamError, UpstreamProtocolError
 from .profiles import ReasoningRules, Timeouts
 from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, error_body, sse_frame
-from .reasoning import ReasoningStream, split_message
-from .sse import SSEDecoder
+from .reasoning import UPSTREAM_FIELDS, ReasoningStream, split_message
+from .sse import EventTooLarge, SSEDecoder
 from .stoptext import StopTextMatcher
 
-#: how each gateway termination cause is reported as a finish_reason
-_CAUSE_FINISH = {
-    "stop_text": "stop",
-    "first_token_timeout": "length",
-    "idle_timeout": "length",
-    "total_timeout": "length",
-    "upstream_disconnect": "length",
+HEARTBEAT_FRAME = b": keep-alive\n\n"
+
+#: why the gateway cut a stream -> (error type, code, message) for the error event
+_CUT_ERRORS = {
+    "idle_timeout": (
+        "timeout_error",
+        "idle_timeout",
+        "The model stopped sending for longer than the idle timeout; the answer is incomplete.",
+    ),
+    "total_timeout": (
+        "timeout_error",
+        "total_timeout",
+        "The request ran past its total time limit; the answer is incomplete.",
+    ),
+    "upstream_disconnect": (
+        "upstream_error",
+        "upstream_disconnect",
+        "The connection to the model server broke; the answer is incomplete.",
+    ),
+    "upstream_abort": (
+        "upstream_error",
+        "upstream_abort",
+        "The model server aborted the request; the answer is incomplete.",
+    ),
+    "shutdown": (
+        "server_error",
+        "server_shutting_down",
+        "The gateway is shutting down; the answer is incomplete. Retry the request.",
+    ),
+    "gateway_error": ("server_error", "internal_error", "Internal gateway error."),
 }
+#: graceful ends report these causes as a finish_reason
+_CAUSE_FINISH = {"stop_text": "stop"}
+
+Termination = Literal["error", "graceful"]
+
+
+@functools.lru_cache(maxsize=256)
+def _char_class(chars: frozenset[str]) -> Callable[[str], Any]:
+    if not chars:
+        return lambda text: None
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]").search
+
+
+def special_chars(
+    stop_text: tuple[str, ...], reasoning: ReasoningRules | None
+) -> Callable[[str], Any]:
+    """``search(text)``: a match where ``text`` has a character that begins a stop string,
+    or ``<`` (a think tag) when reasoning is parsed from the text."""
+    chars = {s[0] for s in stop_text}
+    if reasoning is not None and reasoning.parser == "think_tags" and reasoning.mode != "inline":
+        chars.add("<")
+    return _char_class(frozenset(chars))
 
 
 def normalize_finish(reason: Any) -> str:
@@ -55,7 +109,10 @@ class _Choice:
 
 
 class StreamNormalizer:
-    """Rewrites upstream chunks for the client and tracks what is still owed to it."""
+    """Rewrites upstream chunks for the client and tracks what is still owed to it.
+
+    ``n`` is the number of choices the upstream streams (``n`` times the number of prompts
+    for a list of prompts); an index outside ``range(n)`` is a protocol error."""
 
     def __init__(
         self,
@@ -67,6 +124,8 @@ class StreamNormalizer:
         n: int = 1,
         reasoning: ReasoningRules | None = None,
         assistant_prefix: str = "",
+        termination: Termination = "error",
+        fast: bool = True,
     ) -> None:
         self.public_model = public_model
         self.chat = endpoint == "chat"
@@ -74,6 +133,7 @@ class StreamNormalizer:
         self.assistant_prefix = assistant_prefix
         self.stop_text = stop_text
         self.include_usage = include_usage
+        self.termination = termination
         self._n = n
         self._choices: dict[int, _Choice] = {}
         self._n_finished = 0
@@ -82,13 +142,17 @@ class StreamNormalizer:
         self._created: int | None = None
         #: the upstream sent ``[DONE]``
         self.saw_done = False
-        #: an error event was relayed; the stream ends with ``[DONE]`` only
+        #: an error event was sent; the stream ends with ``[DONE]`` only
         self.errored = False
-        #: nothing more is wanted from the upstream (all choices finished by stop text)
-        self.stop_reading = False
+        #: the normalizer saw the end of what the client gets, before the upstream's end:
+        #: "stop_text" (every choice finished, one by a stop string) or "upstream_error" (an
+        #: error or unreadable event); nothing more is read from the upstream
+        self.ended: str | None = None
+        #: vLLM sent an abort/error finish (error mode: the stream ends with an error event)
+        self.aborted = False
         #: the upstream's usage object, when it sent one
         self.usage: dict[str, Any] | None = None
-        #: the gateway's termination cause, once :meth:`close` ran
+        #: why the stream ended, once :meth:`close` ran (None: the upstream ended it)
         self.cause: str | None = None
         #: (upstream finish_reason, normalized) of each choice, as they end
         self.finishes: list[tuple[Any, str]] = []
@@ -96,6 +160,12 @@ class StreamNormalizer:
         self.first_text_at: float | None = None
         self.first_content_at: float | None = None
         self.stop_text_hits = 0
+        #: seconds the gateway spent processing this stream's chunks (set by :func:`relay`)
+        self.overhead = 0.0
+        self._closed = False
+        #: finds a character that could begin a stop string or a think tag (the fast path
+        #: takes only text without one); None turns the fast path off
+        self._special = special_chars(stop_text, self.reasoning) if fast else None
 
     def _choice(self, index: int) -> _Choice:
         st = self._choices.get(index)
@@ -119,7 +189,7 @@ class StreamNormalizer:
         if payload == b"[DONE]":
             self.saw_done = True
             return []
-        if self.errored or self.stop_reading:
+        if self.ended is not None:
             return []
         try:
             obj = orjson.loads(payload)
@@ -132,14 +202,23 @@ class StreamNormalizer:
                 "upstream sent an unexpected stream event", "upstream_protocol_error"
             )
         choices = obj.get("choices")
+        if self._special is not None and type(choices) is list and len(choices) == 1:
+            fast = self._fast_path(obj, choices[0])
+            if fast is not None:
+                return fast
         if choices is not None and not (
-            isinstance(choices, list) and all(isinstance(c, dict) for c in choices)
+            isinstance(choices, list)
+            and all(
+                isinstance(c, dict) and type(i := c.get("index", 0)) is int and 0 <= i < self._n
+                for c in choices
+            )
         ):
             return self._error(
                 "upstream sent an unexpected stream event", "upstream_protocol_error"
             )
         if choices is None and "error" in obj:
             self.errored = True
+            self.ended = "upstream_error"
             err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
             return [sse_frame({"error": err})]
         if self._id is None:
@@ -164,25 +243,78 @@ class StreamNormalizer:
             return []
         kept = []
         for ch in choices:
-            index = ch.get("index", 0)
-            st = self._choice(index if isinstance(index, int) and 0 <= index < 1024 else 0)
+            st = self._choice(ch.get("index", 0))
             if st.finished:
                 continue  # a second finish or text after it: the client already has its end
             st.started = True
             if self._scrub(ch, st):
                 kept.append(ch)
+        if (
+            self.ended is None
+            and self._all_finished
+            and any(c.matcher and c.matcher.hit for c in self._choices.values())
+        ):
+            self.ended = "stop_text"
         if not kept:
             return []
         if self.first_content_at is None:
             self._note_first_text(kept)
         obj["choices"] = kept
-        if self._all_finished and any(c.matcher and c.matcher.hit for c in self._choices.values()):
-            self.stop_reading = True
+        return [sse_frame(obj)]
+
+    def _fast_path(self, obj: dict[str, Any], ch: Any) -> list[bytes] | None:
+        """The common chunk, cheaply: one started choice, one text field, no finish, and no
+        character in the text that could begin a stop string or a think tag, with nothing
+        held back. Returns None for anything else (the full path then handles it); the
+        output is the full path's, byte for byte (tested by a property)."""
+        if type(ch) is not dict or ch.get("finish_reason") is not None or "usage" in obj:
+            return None
+        st = self._choices.get(ch.get("index", 0))
+        if st is None or st.finished or not st.started or ch.get("logprobs") is not None:
+            return None
+        if self.chat:
+            delta = ch.get("delta")
+            if type(delta) is not dict or len(delta) != 1:
+                return None
+            ((key, text),) = delta.items()
+        else:
+            key, text = "text", ch.get("text")
+        assert self._special is not None
+        if type(text) is not str or not text or self._special(text) is not None:
+            return None
+        m = st.matcher
+        if m is not None and m.holding:
+            return None
+        rs = st.reasoning
+        if rs is not None:
+            out = rs.fast_delta(key, text)
+            if out is None:
+                return None
+            if not out:
+                return []  # hidden reasoning: nothing for the client
+            ch["delta"] = out
+        elif key != ("content" if self.chat else "text"):
+            return None
+        if self._id is None:
+            self._id = obj.get("id")
+            self._created = obj.get("created")
+        obj["model"] = self.public_model
+        if self.first_content_at is None:
+            self._note_first_text([ch])
         return [sse_frame(obj)]
 
     def _scrub(self, ch: dict[str, Any], st: _Choice) -> bool:
         """Stop text, reasoning split and finish normalization of one choice; False = drop."""
         reason = ch.get("finish_reason")
+        if isinstance(reason, str) and reason in FINISH_REPAIRS and self.termination == "error":
+            # vLLM aborted the request: the text so far goes out, then the error event
+            # (reading goes on to [DONE], for the usage counts)
+            self.finishes.append((reason, "error"))
+            ch["finish_reason"] = None
+            self.aborted = True
+            self._scrub(ch, st)
+            st.finished = True  # nothing more for it; the stream ends with the error event
+            return True
         holder = ch.get("delta") if self.chat else ch
         if not isinstance(holder, dict):
             holder = ch["delta"] = {}
@@ -194,6 +326,7 @@ class StreamNormalizer:
             out, hit = m.feed(text if isinstance(text, str) else "")
             if not hit and reason is not None:
                 out += m.flush()
+                hit = m.hit
             if isinstance(text, str) or out:
                 holder[key] = out
             if hit:
@@ -203,6 +336,8 @@ class StreamNormalizer:
                 ch["gateway_termination"] = "stop_text"
                 self.stop_text_hits += 1
         rs = st.reasoning
+        # text or reasoning the processing below may hold back or hide
+        carried = bool(text) or (rs is not None and any(f in holder for f in UPSTREAM_FIELDS))
         if rs is not None:
             rs.delta(holder)
         if hit or reason is not None:
@@ -216,10 +351,12 @@ class StreamNormalizer:
                 rs.finish(holder, ch, ch["finish_reason"])
             self.finishes.append((reason, ch["finish_reason"]))
             return True
-        if self.chat and isinstance(text, str) and text:
-            # The text was held back (stop-text prefix, partial tag) or hidden: send a chunk
-            # only if something is left in it.
-            return any(v for k, v in holder.items() if k != "role")
+        if self.chat and (carried or not holder):
+            # Send the chunk only if something is left in it: text held back (stop-text
+            # prefix, partial tag) and hidden reasoning, split by the gateway or by vLLM,
+            # leave nothing, nor does an empty delta (heartbeats keep the connection alive
+            # meanwhile).
+            return "role" in holder or any(holder.values()) or ch.get("logprobs") is not None
         return True
 
     def _note_first_text(self, choices: list[dict[str, Any]]) -> None:
@@ -243,20 +380,39 @@ class StreamNormalizer:
     def reasoning_chars(self) -> int:
         return sum(c.reasoning.chars for c in self._choices.values() if c.reasoning)
 
+    def protocol_error(self, message: str) -> bytes:
+        """The upstream broke the protocol outside any one payload (e.g. an event too
+        large): the error event; the stream then ends with ``[DONE]``."""
+        return b"".join(self._error(message, "upstream_protocol_error"))
+
     def _error(self, message: str, code: str) -> list[bytes]:
         self.errored = True
+        self.ended = "upstream_error"
         return [sse_frame(error_body(message, "upstream_error", code=code))]
 
     def close(self, cause: str | None) -> bytes:
-        """The end of the stream: owed final chunks, the held usage chunk, ``[DONE]``."""
-        self.cause = cause
-        if cause in ("client_disconnect", "gateway_error"):
-            return b""  # nobody to send it to / not ours to finish
+        """The end of the stream (see module doc). ``cause``: why the gateway ended it, None
+        when the upstream did. Only the first call counts; later ones return nothing."""
+        if self._closed:
+            return b""
+        self._closed = True
+        self.cause = cause = cause or self.ended or ("upstream_abort" if self.aborted else None)
+        if cause == "client_disconnect":
+            return b""  # nobody to send it to
         if self.errored:
             return DONE_FRAME
-        finish = _CAUSE_FINISH.get(cause or "", "stop")
+        cut = _CUT_ERRORS.get(cause or "")
+        if cut is not None and self._all_finished and cause != "gateway_error":
+            cut = None  # every choice had its end already: only the upstream's [DONE] was owed
+        if cut is not None and (self.termination == "error" or cause == "gateway_error"):
+            self.errored = True
+            type_, code, message = cut
+            unfinished = sum(not self._choice(i).finished for i in range(self._n))
+            self.finishes += [(None, "error")] * unfinished
+            return sse_frame(error_body(message, type_, code=code)) + DONE_FRAME
+        finish = _CAUSE_FINISH.get(cause or "", "length" if cause else "stop")
         frames = []
-        for index in range(max(self._n, max(self._choices, default=-1) + 1)):
+        for index in range(self._n):
             st = self._choice(index)
             if st.finished:
                 continue
@@ -287,14 +443,28 @@ class StreamNormalizer:
         return b"".join(frames)
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        if self._id is None:  # nothing came from upstream: one id for the whole stream
+            self._id = f"{'chatcmpl-' if self.chat else 'cmpl-'}gateway-{time.monotonic_ns():x}"
+        if self._created is None:
+            self._created = int(time.time())
         return {
-            "id": self._id or f"{prefix}gateway-{time.monotonic_ns():x}",
+            "id": self._id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": self._created or int(time.time()),
+            "created": self._created,
             "model": self.public_model,
             "choices": choices,
         }
+
+
+class ChunkSource(Protocol):
+    """What :func:`prime` and :func:`relay` read: an upstream body, chunk by chunk
+    (:class:`upstream.UpstreamResponse`, or a fake in tests)."""
+
+    async def read_chunk(self) -> bytes: ...
+
+    def read_nowait(self) -> bytes: ...
+
+    def close(self, *, reuse: bool = False) -> None: ...
 
 
 @dataclass(slots=True)
@@ -302,31 +472,35 @@ class Opened:
     """An upstream stream whose first event has arrived; nothing was sent to the client yet,
     so until then the request can still fail over to another backend."""
 
-    resp: Any
+    source: ChunkSource
     decoder: SSEDecoder
     first: list[bytes]
     eof: bool
 
 
-async def prime(resp: Any, deadline: float) -> Opened:
-    """Read up to the first SSE event (keep-alives do not count) before ``deadline``.
+async def prime(source: ChunkSource, deadline: float) -> Opened:
+    """Read up to the first SSE event (keep-alives do not count) before ``deadline``
+    (event-loop time).
 
-    Raises ``TimeoutError`` or :class:`UpstreamError`; the caller closes ``resp`` then."""
+    Raises ``TimeoutError`` or :class:`UpstreamError`; the caller closes ``source`` then."""
     decoder = SSEDecoder()
     while True:
         async with asyncio.timeout_at(deadline):
-            chunk = await resp.read_chunk()
+            chunk = await source.read_chunk()
         if not chunk:
             events = decoder.flush()
             if not events:
                 raise UpstreamDisconnected("upstream ended the stream before its first event")
-            return Opened(resp, decoder, events, eof=True)
-        events = decoder.feed(chunk)
+            return Opened(source, decoder, events, eof=True)
+        try:
+            events = decoder.feed(chunk)
+        except EventTooLarge as exc:
+            raise UpstreamProtocolError(str(exc)) from exc
         if events:
-            return Opened(resp, decoder, events, eof=False)
+            return Opened(source, decoder, events, eof=False)
 
 
-OnClose = Callable[[StreamNormalizer, float], None]
+Emit = Callable[[bytes], Awaitable[None]]
 
 
 async def relay(
@@ -334,23 +508,26 @@ async def relay(
     norm: StreamNormalizer,
     timeouts: Timeouts,
     total_deadline: float,
+    emit: Emit,
     *,
-    on_close: OnClose | None = None,
     on_gap: Callable[[float], None] | None = None,
-) -> AsyncIterator[bytes]:
-    """Client frames from a primed upstream stream, always ending with
-    :meth:`StreamNormalizer.close`. The upstream is closed on every exit (a client
-    disconnect arrives here as cancellation); then ``on_close(norm, overhead)`` runs once,
-    with the seconds spent processing chunks. ``on_gap`` gets the time between upstream
-    events."""
+) -> bytes:
+    """Send the client's frames (``emit``) from a primed upstream stream until it ends;
+    return the stream's end (:meth:`StreamNormalizer.close`), for the caller to send last.
+
+    The upstream is closed on every exit. Cancellation (the client
+    left, the gateway is shutting down) propagates after closing it; the caller then decides
+    what, if anything, the client still gets. ``norm.overhead`` accumulates the seconds spent
+    processing chunks; ``on_gap`` gets the time between upstream events."""
     loop = asyncio.get_running_loop()
     perf = time.perf_counter
-    resp, decoder = opened.resp, opened.decoder
+    source, decoder = opened.source, opened.decoder
     events, eof = opened.first, opened.eof
+    beat = timeouts.heartbeat
     event_deadline = total_deadline
+    next_beat = loop.time() + beat if beat else float("inf")
     cause: str | None = None
     reuse = False
-    overhead = 0.0
     last_event = perf()
     try:
         while True:
@@ -359,54 +536,55 @@ async def relay(
                 if on_gap is not None:
                     on_gap(t0 - last_event)
                 last_event = t0
-                event_deadline = loop.time() + timeouts.idle
+                now = loop.time()
+                event_deadline = now + timeouts.idle
                 frames = [f for ev in events for f in norm.feed(ev)]
-                overhead += perf() - t0
+                norm.overhead += perf() - t0
                 if frames:
-                    yield frames[0] if len(frames) == 1 else b"".join(frames)
-                if norm.stop_reading or norm.errored:
+                    await emit(frames[0] if len(frames) == 1 else b"".join(frames))
+                    if beat:
+                        next_beat = now + beat
+                elif now >= next_beat:  # events arrive, but nothing for the client (hidden)
+                    await emit(HEARTBEAT_FRAME)
+                    next_beat = now + beat
+                if norm.ended is not None:
                     break
             if eof:
                 if not norm.saw_done:
                     cause = "upstream_disconnect"
                 reuse = norm.saw_done
                 break
-            deadline = event_deadline if event_deadline < total_deadline else total_deadline
+            deadline = min(event_deadline, total_deadline, next_beat)
             try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await resp.read_chunk()
+                # what already arrived needs no timer (the common case when the gateway is
+                # busy); only a read that waits is bounded by the next deadline
+                chunk = source.read_nowait()
+                if not chunk:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await source.read_chunk()
             except TimeoutError:
-                cause = "total_timeout" if deadline == total_deadline else "idle_timeout"
-                break
+                if deadline == total_deadline:
+                    cause = "total_timeout"
+                    break
+                if deadline == event_deadline:
+                    cause = "idle_timeout"
+                    break
+                await emit(HEARTBEAT_FRAME)
+                next_beat = loop.time() + beat
+                events = []
+                continue
             except UpstreamError:
                 cause = "upstream_disconnect"
                 break
             eof = not chunk
-            events = decoder.feed(chunk) if chunk else decoder.flush()
-        if norm.stop_reading:
-            cause = "stop_text"
-        elif norm.errored:
-            cause = "upstream_error"
-    except BaseException as exc:
-        disconnect = isinstance(exc, asyncio.CancelledError | GeneratorExit)
-        cause = "client_disconnect" if disconnect else "gateway_error"
-        raise
+            try:
+                events = decoder.feed(chunk) if chunk else decoder.flush()
+            except EventTooLarge as exc:
+                await emit(norm.protocol_error(str(exc)))
+                break
     finally:
-        resp.close(reuse=reuse)
-        tail = norm.close(cause)
-        if on_close is not None:
-            on_close(norm, overhead)
-    yield tail
-
-
-async def ended(
-    norm: StreamNormalizer, cause: str, on_close: OnClose | None = None
-) -> AsyncIterator[bytes]:
-    """A stream that never got its first upstream event (every attempt timed out)."""
-    tail = norm.close(cause)
-    if on_close is not None:
-        on_close(norm, 0.0)
-    yield tail
+        source.close(reuse=reuse)
+    return norm.close(cause)
 
 
 def normalize_response(

@@ -42,7 +42,11 @@ def _prepend(content: Any, prefix: str) -> Any:
 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-REASONING_FIELDS = ("reasoning", "reasoning_content")
+#: where clients send earlier reasoning back (OpenAI-compatible servers, DeepSeek, litellm
+#: and its ``provider_specific_fields``, Anthropic-style thinking blocks)
+REASONING_FIELDS = frozenset(
+    {"reasoning", "reasoning_content", "reasoning_details", "thinking_blocks", "thinking"}
+)
 
 
 def strip_think(text: str) -> str:
@@ -66,6 +70,13 @@ def strip_history_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, An
     for m in messages:
         if m.get("role") == "assistant":
             m = {k: v for k, v in m.items() if k not in REASONING_FIELDS}
+            extra = m.get("provider_specific_fields")
+            if isinstance(extra, dict):
+                kept = {k: v for k, v in extra.items() if k not in REASONING_FIELDS}
+                if kept:
+                    m["provider_specific_fields"] = kept
+                else:
+                    del m["provider_specific_fields"]
             content = m.get("content")
             if isinstance(content, str):
                 m["content"] = strip_think(content)
@@ -141,22 +152,13 @@ def build_upstream_body(
     return out, wants_usage
 
 
-def _chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(
-            len(p) if isinstance(p, str) else _chars(p.get("text")) if isinstance(p, dict) else 0
-            for p in content
-        )
-    return 0
-
-
 def check_request(
-    body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec
+    body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec, chars: int
 ) -> None:
     """Size limits, ``n`` and ``max_tokens`` rules; clamps ``max_tokens`` in ``body``.
 
+    ``chars`` counts everything that reaches the model: every string of the request (message
+    contents and names, tool definitions and calls, image data URLs, ...) and 4 per token id.
     Raises :class:`RequestError` (400) naming the field."""
     if endpoint == "chat":
         messages = body["messages"]
@@ -165,12 +167,10 @@ def check_request(
                 f"messages: at most {limits.max_messages} messages, got {len(messages)}",
                 param="messages",
             )
-        chars = sum(_chars(m.get("content")) for m in messages)
-    else:
-        chars = _chars(body.get("prompt"))
     if chars > limits.max_prompt_chars:
         raise RequestError(
-            f"the prompt has {chars} characters, more than the limit of {limits.max_prompt_chars}",
+            f"the request has {chars} characters of prompt, tools and other text, more than "
+            f"the limit of {limits.max_prompt_chars}",
             param="messages" if endpoint == "chat" else "prompt",
         )
     n = body.get("n") or 1

@@ -1,20 +1,30 @@
 """Upstream calls on one pooled ``aiohttp.ClientSession`` per process.
 
 This is the only module that imports the HTTP client; aiohttp's exceptions become the
-gateway's :mod:`errors` here and nowhere else. aiohttp was chosen by measurement: on this
-project's 2-core machines a pass-through proxy kept 53% (non-stream) / 100% (stream) of direct
-throughput with aiohttp against 6% / 15% with ``httpx.AsyncClient``.
+gateway's :mod:`errors` in one table (:func:`map_client_errors`, the httpx
+``map_httpcore_exceptions`` pattern) and nowhere else. aiohttp was chosen by measurement: on
+this project's 2-core machines a pass-through proxy kept 53% (non-stream) / 100% (stream) of
+direct throughput with aiohttp against 6% / 15% with ``httpx.AsyncClient``.
+
+Health probes use a session of their own, so they never wait behind client traffic for a
+pooled connection. Redirects from a backend are never followed (a 3xx is a protocol error):
+following one would re-send the prompt to another origin.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import aiohttp
+import orjson
 
 from .errors import (
     UpstreamDisconnected,
+    UpstreamError,
+    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -22,48 +32,149 @@ from .errors import (
 from .profiles import Backend
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-#: an error body larger than this is cut: it is only passed on to the client
+#: an error body larger than this is cut: only its OpenAI error fields are used
 _MAX_ERROR_BODY = 64 * 1024
+#: an error message from a backend is cut to this many characters
+_MAX_ERROR_MESSAGE = 1000
+
+Phase = Literal["connect", "read"]
+
+# Most specific first. Each entry: (aiohttp exception, the gateway's error for the request
+# phase, the gateway's error for the body-reading phase).
+_Make = Callable[[str], UpstreamError]
+_ERROR_TABLE: tuple[tuple[type[BaseException], _Make, _Make], ...] = (
+    (aiohttp.ClientPayloadError, UpstreamDisconnected, UpstreamDisconnected),
+    (aiohttp.ServerDisconnectedError, UpstreamUnavailable, UpstreamDisconnected),
+    (aiohttp.ClientResponseError, UpstreamProtocolError, UpstreamProtocolError),
+    (aiohttp.ClientConnectorError, UpstreamUnavailable, UpstreamDisconnected),
+    (aiohttp.ClientConnectionError, UpstreamUnavailable, UpstreamDisconnected),
+    (aiohttp.InvalidURL, UpstreamUnavailable, UpstreamUnavailable),
+    (aiohttp.ClientError, UpstreamProtocolError, UpstreamProtocolError),
+    (OSError, UpstreamUnavailable, UpstreamDisconnected),
+)
+
+
+@contextlib.contextmanager
+def map_client_errors(backend: str, phase: Phase, connect_timeout: float = 0.0) -> Iterator[None]:
+    """Every exception of the HTTP client becomes an :class:`UpstreamError`
+    (``raise ... from exc``); anything else (our own bugs, cancellation) passes unchanged."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise UpstreamTimeout("connect", connect_timeout) from exc
+    except UpstreamError:
+        raise
+    except (aiohttp.ClientError, OSError) as exc:
+        for exc_type, on_connect, on_read in _ERROR_TABLE:
+            if isinstance(exc, exc_type):
+                make = on_connect if phase == "connect" else on_read
+                what = "is unreachable" if phase == "connect" else "broke the connection"
+                raise make(f"backend {backend} {what}: {exc.__class__.__name__}") from exc
+        raise  # pragma: no cover -- the table ends with the base classes
+
+
+class Lease:
+    """One unit of a backend's ``outstanding`` count, released exactly once.
+
+    Owned by whoever holds the upstream response (``UpstreamResponse.aclose`` releases it),
+    or by the attempt that failed before a response existed."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class UpstreamResponse:
-    """A backend's successful (2xx) response, read incrementally."""
+    """A backend's successful (2xx) response, read incrementally. Owns the connection and
+    the backend lease; :meth:`close` releases both, once."""
 
-    __slots__ = ("_resp", "headers", "status")
+    __slots__ = ("_lease", "_resp", "backend", "headers", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
+    def __init__(self, resp: aiohttp.ClientResponse, backend: Backend, lease: Lease) -> None:
+        self._resp: aiohttp.ClientResponse | None = resp
+        self._lease = lease
+        self.backend = backend
         self.status = resp.status
         self.headers = resp.headers
 
     async def read_chunk(self) -> bytes:
         """The next bytes available; ``b""`` at the end of the body."""
-        try:
+        assert self._resp is not None, "read after close"
+        with map_client_errors(self.backend.name, "read"):
             return await self._resp.content.readany()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamDisconnected(f"upstream connection broke: {exc}") from None
 
-    async def read_all(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamDisconnected(f"upstream connection broke: {exc}") from None
+    def read_nowait(self) -> bytes:
+        """The bytes already received, without waiting; ``b""`` if none (or at the end)."""
+        assert self._resp is not None, "read after close"
+        with map_client_errors(self.backend.name, "read"):
+            return self._resp.content.read_nowait()
 
-    def close(self, *, reuse: bool) -> None:
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body; more than ``limit`` bytes is a protocol error."""
+        assert self._resp is not None, "read after close"
+        chunks: list[bytes] = []
+        size = 0
+        with map_client_errors(self.backend.name, "read"):
+            while chunk := await self._resp.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamProtocolError(
+                        f"backend {self.backend.name} sent a body larger than {limit} bytes"
+                    )
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self, *, reuse: bool = False) -> None:
         """Release the connection to the pool (``reuse``) or close it, which makes vLLM
-        abort the request. Synchronous, so it is safe in ``finally`` under cancellation."""
-        if reuse:
-            self._resp.release()
-        else:
-            self._resp.close()
+        abort the request; release the backend lease. Idempotent and synchronous, so it is
+        safe in ``finally`` under cancellation."""
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            if reuse:
+                resp.release()
+            else:
+                resp.close()
+        self._lease.release()
+
+
+def _error_fields(status: int, raw: bytes, backend: str) -> UpstreamStatusError:
+    """Only the OpenAI error fields of a backend's error body (never the raw body)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        code = err.get("code")
+        param = err.get("param")
+        type_ = err.get("type")
+        return UpstreamStatusError(
+            status,
+            err["message"][:_MAX_ERROR_MESSAGE],
+            type_=type_[:100] if isinstance(type_, str) else None,
+            code=code
+            if isinstance(code, int) or (isinstance(code, str) and len(code) < 100)
+            else None,
+            param=param[:200] if isinstance(param, str) else None,
+        )
+    return UpstreamStatusError(status, f"backend {backend} answered {status}", code=status)
 
 
 class UpstreamClient:
     """One pooled HTTP client for every backend; owned by the app's lifespan."""
 
-    def __init__(self, *, max_connections: int = 1000) -> None:
+    def __init__(self, *, max_connections: int = 0) -> None:
+        #: 0: no pool limit (the gateway's in-flight cap bounds connections instead, so a
+        #: request never waits silently for one)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
@@ -71,6 +182,10 @@ class UpstreamClient:
         )
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        self._probe_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+            skip_auto_headers=("User-Agent",),
         )
         return self
 
@@ -80,25 +195,28 @@ class UpstreamClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._probe_session):
+            if session is not None:
+                await session.close()
+        self._session = self._probe_session = None
 
     async def post(
         self,
         backend: Backend,
         path: str,
         body: bytes,
+        lease: Lease,
         *,
         connect_timeout: float,
         request_id: str | None = None,
     ) -> UpstreamResponse:
-        """POST ``body``; return the response once its headers arrived.
+        """POST ``body``; return the response once its headers arrived. The response owns
+        ``lease`` from then on; on any failure the lease is released here.
 
         Raises :class:`UpstreamUnavailable` (cannot connect), :class:`UpstreamTimeout`
-        (connect phase) or :class:`UpstreamStatusError` (4xx/5xx, with the backend's body).
-        The caller bounds the wait for headers with its own deadline.
-        """
+        (connect phase), :class:`UpstreamStatusError` (4xx/5xx) or
+        :class:`UpstreamProtocolError` (garbled, redirect). The caller bounds the wait for
+        headers with its own deadline."""
         assert self._session is not None, "UpstreamClient used outside its context"
         timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=None
@@ -109,34 +227,42 @@ class UpstreamClient:
         if request_id:
             headers["X-Request-Id"] = request_id
         try:
-            resp = await self._session.post(
-                backend.url + path, data=body, headers=headers, timeout=timeout
-            )
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout("connect", connect_timeout) from None
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamUnavailable(
-                f"backend {backend.name} is unreachable: {exc.__class__.__name__}"
-            ) from None
-        if resp.status >= 400:
-            try:
-                err_body = await resp.content.read(_MAX_ERROR_BODY)
-            except (TimeoutError, aiohttp.ClientError):
-                err_body = b""
-            finally:
-                resp.close()
-            raise UpstreamStatusError(resp.status, err_body)
-        return UpstreamResponse(resp)
+            with map_client_errors(backend.name, "connect", connect_timeout):
+                resp = await self._session.post(
+                    backend.url + path,
+                    data=body,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+        except BaseException:
+            lease.release()
+            raise
+        if resp.status < 300:
+            return UpstreamResponse(resp, backend, lease)  # it owns the lease now
+        lease.release()
+        try:
+            if resp.status < 400:
+                raise UpstreamProtocolError(
+                    f"backend {backend.name} answered {resp.status} (a redirect); "
+                    "redirects are not followed"
+                )
+            with map_client_errors(backend.name, "read"):
+                raw = await resp.content.read(_MAX_ERROR_BODY)
+            raise _error_fields(resp.status, raw, backend.name)
+        finally:
+            resp.close()
 
     async def probe(self, backend: Backend, seconds: float) -> bool:
         """``GET /health`` of a backend: True for a 2xx within ``seconds``."""
-        assert self._session is not None, "UpstreamClient used outside its context"
+        assert self._probe_session is not None, "UpstreamClient used outside its context"
         headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else None
         try:
-            async with self._session.get(
+            async with self._probe_session.get(
                 backend.url + "/health",
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=seconds),
+                allow_redirects=False,
             ) as resp:
                 return 200 <= resp.status < 300
         except (aiohttp.ClientError, OSError, TimeoutError):

@@ -26,6 +26,10 @@ models:
   plain:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
+  graceful:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stream_termination: graceful
   guarded:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
@@ -41,6 +45,11 @@ models:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
     timeouts: {{first_token: 0.5, idle: 0.5, total: 2}}
+  hasty-graceful:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    timeouts: {{first_token: 0.5, idle: 0.5, total: 2}}
+    stream_termination: graceful
   unserved:
     upstream_model: not-on-this-server
     backends: [{{url: "{sim_url}"}}]
@@ -56,6 +65,12 @@ models:
     backends: [{{url: "{sim_url}"}}]
     stop_token_ids: [{R1_EOS}]
     reasoning: {{starts_in_reasoning: true, mode: hide}}
+  think-hide-beat:
+    upstream_model: sim-r1
+    backends: [{{url: "{sim_url}"}}]
+    stop_token_ids: [{R1_EOS}]
+    reasoning: {{starts_in_reasoning: true, mode: hide}}
+    timeouts: {{heartbeat: 0.25}}
   think-prefix:
     upstream_model: sim-r1
     backends: [{{url: "{sim_url}"}}]
@@ -86,3 +101,13 @@ def gateway(sim: SimProcess) -> Iterator[GatewayServer]:
 def fresh_sim(sim: SimProcess) -> SimProcess:
     sim.reset()
     return sim
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The numbers the container tests measured (build, size, start, RSS, stop)."""
+    from tests.containers import MEASURED
+
+    if MEASURED:
+        terminalreporter.section("container measurements")
+        for what, value in MEASURED.items():
+            terminalreporter.write_line(f"{what}: {value}")

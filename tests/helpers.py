@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 import httpx
 import orjson
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.profiles import parse_profiles
+from gateway.server import config as server_config
 from gateway.settings import Settings
 
 
@@ -109,6 +112,11 @@ class GatewayServer:
     def base_url(self) -> str:
         return self.url + "/v1"
 
+    @property
+    def gateway(self) -> Any:
+        """The in-process ``handler.Gateway`` (for leak checks)."""
+        return self.server.config.app.api.state.gateway
+
 
 @contextlib.contextmanager
 def run_gateway(
@@ -118,6 +126,7 @@ def run_gateway(
     admin_token: str | None = None,
     watch: bool = True,
     api_keys: tuple[str, ...] = (),
+    **overrides: Any,
 ) -> Iterator[GatewayServer]:
     """The gateway app under uvicorn in a thread, on a free loopback port; always stopped.
 
@@ -132,8 +141,11 @@ def run_gateway(
         admin_token=admin_token,
         watch=watch,
         api_keys=api_keys,
+        **overrides,
     )
-    config_ = uvicorn.Config(create_app(settings, profiles), log_level="warning", lifespan="on")
+    config_ = server_config(
+        create_app(settings, profiles), settings, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config_)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -171,8 +183,10 @@ def assert_well_ended(events: list[Any], n: int = 1) -> list[dict[str, Any]]:
     assert events.count("[DONE]") == 1
     errors = [e for e in events[:-1] if "error" in e]
     if errors:
-        assert len(errors) == 1 and events[-2] is errors[0]
-        assert not any(c.get("finish_reason") for e in events[:-1] for c in e.get("choices", []))
+        # one OpenAI error event, last before [DONE]; nothing after it
+        assert len(errors) == 1 and events[-2] is errors[0], events[-4:]
+        err = errors[0]["error"]
+        assert isinstance(err, dict) and err.get("message"), err
         return []
     finals: dict[int, dict[str, Any]] = {}
     for e in events[:-1]:
@@ -226,3 +240,64 @@ def run_gateway_process(
         yield url, proc
     finally:
         stop_process(proc)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The gateway's /metrics as {(sample name, sorted labels): value}."""
+    text = httpx.get(url + "/metrics").text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+@contextlib.contextmanager
+def run_raw_backend(answer: Callable[[bytes], bytes]) -> Iterator[str]:
+    """A broken backend on loopback: reads a request head (and body, if it said how long)
+    and writes ``answer(request)`` verbatim, then closes. Yields its URL; always stopped."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data = b""
+            self.request.settimeout(5)
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in data:
+                    got = self.request.recv(65536)
+                    if not got:
+                        return
+                    data += got
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, val = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(val.strip())
+                while len(rest) < length:
+                    got = self.request.recv(65536)
+                    if not got:
+                        break
+                    rest += got
+                self.request.sendall(answer(head + b"\r\n\r\n" + rest))
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

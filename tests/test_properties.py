@@ -70,7 +70,8 @@ def test_stop_text_split_invariant(s: str, stop_list: list[str], cuts: list[int]
             out.append(released)
             if hit:
                 return "".join(out), True
-        return "".join(out) + m.flush(), False
+        tail = m.flush()  # end of input: a stop held back in the tail still counts
+        return "".join(out) + tail, m.hit
 
     expected = run([s])
     assert run(splits(s, cuts)) == expected
@@ -220,3 +221,98 @@ def test_normalizer_survives_any_json_and_always_ends(
     for frame in frames:
         assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
         orjson.loads(frame[6:-2])
+
+
+# -- the normalizer's fast path is the full path, byte for byte ------------------------------
+
+_texts = st.text(alphabet=st.sampled_from(list("ab <>/thinkx\n|｜end")), min_size=0, max_size=12)
+_fields = st.sampled_from(["content", "reasoning", "reasoning_content", "text"])
+
+
+@st.composite
+def _upstream_chunk(draw: Any) -> dict[str, Any]:
+    index = draw(st.sampled_from([0, 0, 0, 1]))
+    kind = draw(st.sampled_from(["text", "text", "text", "role", "finish", "two", "usage"]))
+    choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": None}
+    if kind == "role":
+        choice["delta"] = {"role": "assistant", "content": ""}
+    elif kind == "two":
+        choice["delta"] = {"content": draw(_texts), "reasoning": draw(_texts)}
+    else:
+        field = draw(_fields)
+        value = draw(_texts)
+        choice["delta"] = {field: value}
+        choice["text"] = value
+    if kind == "finish":
+        choice["finish_reason"] = draw(st.sampled_from(["stop", "length", "abort"]))
+    if draw(st.booleans()) and kind == "text":
+        choice["logprobs"] = {"content": []}
+    chunk: dict[str, Any] = {"id": "c1", "created": 1, "model": "up", "choices": [choice]}
+    if kind == "usage":
+        chunk["usage"] = {"completion_tokens": 3}
+    return chunk
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_upstream_chunk(), max_size=14),
+    st.booleans(),
+    st.sampled_from(["split", "hide", "inline"]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, "idle_timeout"]),
+    st.booleans(),
+)
+def test_fast_path_is_the_full_path(
+    chunks: list[dict[str, Any]],
+    chat: bool,
+    mode: str,
+    in_reasoning: bool,
+    graceful: bool,
+    cause: str | None,
+    started: bool,
+) -> None:
+    import re
+
+    import orjson
+
+    from gateway.profiles import ReasoningRules
+    from gateway.stream import StreamNormalizer
+
+    if started:  # as vLLM does: a role chunk per choice first, so the fast path applies
+        roles = [
+            {"id": "c1", "model": "up", "choices": [{"index": i, "delta": {"role": "assistant"}}]}
+            for i in (0, 1)
+        ]
+        chunks = roles + chunks
+
+    def run(fast: bool) -> tuple[Any, ...]:
+        norm = StreamNormalizer(
+            public_model="m",
+            endpoint="chat" if chat else "completions",
+            stop_text=("<|im_end|>", "｜end"),
+            include_usage=True,
+            n=2,
+            reasoning=ReasoningRules(
+                "think_tags", in_reasoning, ("reasoning_content",), mode, True
+            ),  # type: ignore[arg-type]
+            termination="graceful" if graceful else "error",
+            fast=fast,
+        )
+        frames = [f for c in chunks for f in norm.feed(orjson.dumps(c))]
+        frames.append(norm.close(cause))
+        synthesized = re.compile(
+            rb'"id":"(chat)?cmpl-gateway-[0-9a-f]+","object":"([a-z._]+)","created":[0-9]+'
+        )
+        return (
+            [synthesized.sub(b"<synthesized>", f) for f in frames],
+            norm.cause,
+            norm.finishes,
+            norm.reasoning_chars,
+            norm.usage,
+            norm.stop_text_hits,
+            norm.first_text_at is None,
+            norm.first_content_at is None,
+        )
+
+    assert run(fast=True) == run(fast=False)

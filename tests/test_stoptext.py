@@ -66,3 +66,33 @@ def test_partial_prefix_released_on_flush() -> None:
 def test_empty_stop_rejected() -> None:
     with pytest.raises(ValueError):
         StopTextMatcher([""])
+
+
+def test_overlapping_stops_exhaustively() -> None:
+    """Every string up to 5 characters over a small alphabet, with pairs of overlapping stop
+    strings, split in up to three parts: the released text is exactly the text before the
+    earliest-starting stop (a later-starting stop found first must not win while an earlier
+    one may still be completing; found by hypothesis)."""
+    import itertools
+
+    def run(parts: list[str], stops: list[str]) -> tuple[str, bool]:
+        m = StopTextMatcher(stops)
+        out = []
+        for p in parts:
+            released, hit = m.feed(p)
+            out.append(released)
+            if hit:
+                return "".join(out), True
+        tail = m.flush()
+        return "".join(out) + tail, m.hit
+
+    pool = ["<", ">", "<>", "><", ">a", "a<", "<<>", "><>", "b><"]
+    for length in range(1, 6):
+        for s in map("".join, itertools.product("ab<>", repeat=length)):
+            for stops in map(list, itertools.combinations(pool, 2)):
+                first = min((i for x in stops if (i := s.find(x)) != -1), default=None)
+                want = (s[:first], True) if first is not None else (s, False)
+                assert run([s], stops) == want, (s, stops)
+                for i in range(1, length):
+                    for j in range(i, length):
+                        assert run([s[:i], s[i:j], s[j:]], stops) == want, (s, stops, i, j)

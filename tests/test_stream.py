@@ -5,15 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.stream import StreamNormalizer, normalize_response
 from tests.helpers import assert_well_ended, sse_events
 
 
-def chunk(index: int, content: str | None, finish: str | None = None, **extra: Any) -> bytes:
+def chunk(
+    index: int,
+    content: str | None,
+    finish: str | None = None,
+    delta_override: dict[str, Any] | None = None,
+    **extra: Any,
+) -> bytes:
+    delta = {} if content is None else {"content": content}
     ch: dict[str, Any] = {
         "index": index,
-        "delta": {} if content is None else {"content": content},
+        "delta": delta if delta_override is None else delta_override,
         "logprobs": None,
         "finish_reason": finish,
         **extra,
@@ -65,7 +73,7 @@ def test_chunk_entirely_held_back_is_not_sent() -> None:
     norm = StreamNormalizer(public_model="pub", endpoint="chat", stop_text=("<|im_end|>",))
     assert norm.feed(chunk(0, "<|im_")) == []
     assert norm.feed(chunk(0, "end|> junk")) != []
-    assert norm.stop_reading
+    assert norm.ended == "stop_text"  # nothing more is read from the upstream
 
 
 def test_unknown_finish_reason_and_completions_text() -> None:
@@ -92,17 +100,94 @@ def test_unknown_finish_reason_and_completions_text() -> None:
     assert final["finish_reason"] == "stop" and final["upstream_finish_reason"] == "weird"
 
 
-def test_close_without_any_chunk_synthesizes_role_and_final() -> None:
-    norm = StreamNormalizer(public_model="pub", endpoint="chat")
-    events = run(norm, [], cause="first_token_timeout")
+def test_graceful_close_without_any_chunk_synthesizes_role_and_final() -> None:
+    norm = StreamNormalizer(public_model="pub", endpoint="chat", termination="graceful")
+    events = run(norm, [], cause="idle_timeout")
     (final,) = assert_well_ended(events)
     assert final["delta"] == {"role": "assistant", "content": ""}
-    assert (
-        final["finish_reason"] == "length" and final["gateway_termination"] == "first_token_timeout"
-    )
+    assert final["finish_reason"] == "length" and final["gateway_termination"] == "idle_timeout"
     assert events[0]["object"] == "chat.completion.chunk" and events[0]["id"].startswith(
         "chatcmpl-"
     )
+
+
+@pytest.mark.parametrize(
+    "cause", ["idle_timeout", "total_timeout", "upstream_disconnect", "shutdown"]
+)
+def test_a_cut_stream_ends_with_an_error_event_by_default(cause: str) -> None:
+    norm = StreamNormalizer(public_model="pub", endpoint="chat", include_usage=True, n=2)
+    usage = orjson.dumps({"id": "chatcmpl-1", "choices": [], "usage": {"completion_tokens": 3}})
+    events = run(norm, [chunk(0, "partial"), chunk(1, "done", "stop"), usage], cause=cause)
+    assert_well_ended(events, n=2)
+    err = events[-2]["error"]
+    code = "server_shutting_down" if cause == "shutdown" else cause
+    assert err["code"] == code and err["message"] and err["type"]
+    # no final chunk for the cut choice, and no usage after it: the stream is not complete
+    assert not any(c.get("finish_reason") == "length" for e in events[:-2] for c in e["choices"])
+    assert not any("usage" in e for e in events[:-1])
+
+
+@pytest.mark.parametrize("finish", ["abort", "error"])
+def test_vllm_abort_finish_is_an_error_event_or_graceful_length(finish: str) -> None:
+    norm = StreamNormalizer(public_model="pub", endpoint="chat")
+    events = run(norm, [chunk(0, "part"), chunk(0, "ial", finish), chunk(0, "x"), b"[DONE]"])
+    assert_well_ended(events)
+    text = "".join(c["delta"].get("content") or "" for e in events[:-2] for c in e["choices"])
+    assert text == "partial" and events[-2]["error"]["code"] == "upstream_abort"
+    assert norm.cause == "upstream_abort"
+
+    norm = StreamNormalizer(public_model="pub", endpoint="chat", termination="graceful")
+    events = run(norm, [chunk(0, "part"), chunk(0, "ial", finish), b"[DONE]"])
+    (final,) = assert_well_ended(events)
+    assert final["finish_reason"] == "length" and final["upstream_finish_reason"] == finish
+
+
+def test_list_prompts_stream_every_choice_to_its_end() -> None:
+    """2 prompts x n=2: 4 choices; a stop string in one must not cut the others."""
+    norm = StreamNormalizer(
+        public_model="pub", endpoint="completions", n=4, stop_text=("<|im_end|>",)
+    )
+
+    def text(index: int, t: str, finish: str | None = None) -> bytes:
+        ch = {"index": index, "text": t, "logprobs": None, "finish_reason": finish}
+        return orjson.dumps({"id": "cmpl-1", "choices": [ch]})
+
+    payloads = [text(0, "a<|im_end|>junk"), text(1, "b"), text(2, "c"), text(3, "d")]
+    payloads += [text(i, "", "length") for i in (1, 2, 3)] + [b"[DONE]"]
+    events = run(norm, payloads)
+    finals = assert_well_ended(events, n=4)
+    got = {i: "" for i in range(4)}
+    for e in events[:-1]:
+        for c in e["choices"]:
+            got[c["index"]] += c["text"]
+    assert got == {0: "a", 1: "b", 2: "c", 3: "d"}
+    assert [f["finish_reason"] for f in finals] == ["stop", "length", "length", "length"]
+
+
+def test_choice_index_outside_what_was_asked_is_a_protocol_error() -> None:
+    norm = StreamNormalizer(public_model="pub", endpoint="chat", n=1)
+    events = run(norm, [chunk(0, "a"), chunk(1023, "b"), chunk(0, "c", "stop")])
+    assert_well_ended(events)
+    assert events[-2]["error"]["code"] == "upstream_protocol_error"
+    assert len(events) == 3  # a, the error, [DONE]: no frame per bogus index
+
+
+def test_hidden_upstream_split_reasoning_sends_no_empty_chunks() -> None:
+    from gateway.profiles import ReasoningRules
+
+    rules = ReasoningRules("think_tags", True, ("reasoning_content",), "hide", True)
+    norm = StreamNormalizer(public_model="pub", endpoint="chat", reasoning=rules)
+    role = chunk(0, "", delta_override={"role": "assistant", "content": ""})
+    payloads = [role] + [
+        orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {"reasoning": f"r{i}"}}]})
+        for i in range(5)
+    ]
+    payloads += [chunk(0, "answer"), chunk(0, None, "stop"), b"[DONE]"]
+    events = run(norm, payloads)
+    assert_well_ended(events)
+    deltas = [c["delta"] for e in events[:-1] for c in e["choices"]]
+    assert all(deltas[:-1]), deltas  # no empty {} delta
+    assert "reasoning" not in repr(events) and "r3" not in repr(events)
 
 
 def test_normalize_response_stop_text_and_abort() -> None:

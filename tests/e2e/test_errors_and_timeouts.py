@@ -37,7 +37,8 @@ def test_invalid_json_is_400(gateway: GatewayServer) -> None:
     [
         ({"model": "r1"}, "messages"),
         ({"model": "r1", "messages": []}, "messages"),
-        ({"model": "r1", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": "r1", "messages": [{"role": "", "content": "x"}]}, "messages.0.role"),
+        ({"model": "r1", "messages": [{"content": "x"}]}, "messages.0.role"),
         ({"model": "r1", "messages": USER, "max_tokens": 0}, "max_tokens"),
         ({"messages": USER}, "model"),
         ([1, 2], None),
@@ -111,25 +112,55 @@ def test_unknown_path_and_method(gateway: GatewayServer) -> None:
 @pytest.mark.parametrize(
     ("script", "termination", "text"),
     [
-        ({"first_token_delay": 5}, "first_token_timeout", ""),
         ({"stall_after": 2, "stall_for": 5}, "idle_timeout", "Okay,"),
         ({"token_delay": 0.3}, "total_timeout", None),
     ],
 )
-def test_stream_timeouts_end_with_length_and_cause(
-    raw: Any, fresh_sim: SimProcess, script: dict[str, Any], termination: str, text: Any
+@pytest.mark.parametrize("model", ["hasty", "hasty-graceful"])
+def test_stream_timeouts_after_the_first_byte(
+    raw: Any,
+    fresh_sim: SimProcess,
+    script: dict[str, Any],
+    termination: str,
+    text: Any,
+    model: str,
 ) -> None:
     t0 = time.monotonic()
     _, _, events = raw(
-        "/chat/completions", {"model": "hasty", "messages": USER, "stream": True, "sim": script}
+        "/chat/completions", {"model": model, "messages": USER, "stream": True, "sim": script}
     )
     assert time.monotonic() - t0 < 4  # profile: first_token 0.5, idle 0.5, total 2
-    (final,) = assert_well_ended(events)
-    assert final["finish_reason"] == "length"
-    assert final["gateway_termination"] == termination
-    got = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in e["choices"])
+    finals = assert_well_ended(events)
+    if model == "hasty":  # the default: an error event the SDKs raise
+        assert events[-2]["error"]["code"] == termination and finals == []
+        sent = events[:-2]
+    else:
+        (final,) = finals
+        assert final["finish_reason"] == "length"
+        assert final["gateway_termination"] == termination
+        sent = events[:-1]
+    got = "".join(c["delta"].get("content") or "" for e in sent for c in e["choices"])
     if text is not None:
         assert got == text
+    deadline = time.monotonic() + 5
+    while fresh_sim.stats()["cancelled"] < 1:  # the upstream request was closed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_stream_first_token_timeout_is_504_before_the_first_byte(
+    raw: Any, fresh_sim: SimProcess
+) -> None:
+    """Nothing reached the client and no backend produced a first token in time: an HTTP
+    error the SDKs understand (and may retry), not a stream that looks finished."""
+    t0 = time.monotonic()
+    status, headers, body = raw(
+        "/chat/completions",
+        {"model": "hasty", "messages": USER, "stream": True, "sim": {"first_token_delay": 5}},
+    )
+    assert time.monotonic() - t0 < 4
+    assert status == 504 and headers["content-type"] == "application/json"
+    assert_openai_error(body, "first_token_timeout")
     deadline = time.monotonic() + 5
     while fresh_sim.stats()["cancelled"] < 1:  # the upstream request was closed
         assert time.monotonic() < deadline

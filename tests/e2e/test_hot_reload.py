@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import GatewayServer, SimProcess, run_gateway, run_gateway_process, sse_events
+from tests.helpers import (
+    GatewayServer,
+    SimProcess,
+    run_gateway,
+    run_gateway_process,
+    sse_events,
+    wait_for,
+)
 from tests.tokenizer_fixtures import build_tokenizer
 
 TOKEN = "admin-secret"
@@ -28,13 +35,6 @@ models:
     variants:
       think-only: {{stop_token_ids: [151649, 151643]}}
 {extra}"""
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def version_of(gw_url: str) -> str:

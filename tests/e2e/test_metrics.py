@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import (
     GatewayServer,
@@ -17,31 +15,13 @@ from tests.helpers import (
     free_port,
     run_gateway,
     run_gateway_process,
+    scrape,
     sse_events,
+    value,
+    wait_for,
 )
 
 USER = [{"role": "user", "content": "TOPSECRET-PROMPT what is 2+2"}]
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(url + "/metrics").text
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -99,7 +79,7 @@ def test_request_latency_token_and_finish_metrics(mgw: tuple[GatewayServer, Path
         value(m, "gateway_finish_reason_total", model="r1", upstream="stop", normalized="stop") == 2
     )
     assert (
-        value(m, "gateway_finish_reason_total", model="r1", upstream="abort", normalized="length")
+        value(m, "gateway_finish_reason_total", model="r1", upstream="abort", normalized="error")
         == 1
     )
     assert value(m, "gateway_overhead_seconds_count") == 4  # every request, the 404 too
@@ -199,8 +179,8 @@ def test_metrics_are_right_with_two_workers(tmp_path: Path, sim: SimProcess) -> 
 models:
   r1: {{upstream_model: sim-r1, backends: [{{url: "{sim.url}"}}]}}
 """)
-    metrics_dir = tmp_path / "prom"
-    metrics_dir.mkdir()
+    metrics_dir = tmp_path / "tmp" / "prometheus"  # not made here: the gateway makes it, as
+    # it must in a fresh emptyDir (deploy/k8s: PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with run_gateway_process(path, "--workers", "2", env=env) as (url, _):
         for i in range(30):  # a new connection each time: the kernel spreads them

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from tests.helpers import SimProcess
+from tests.helpers import GatewayServer, SimProcess
 
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
 QWEN_TOKENS = [
@@ -20,6 +21,16 @@ QWEN_TOKENS = [
     [4, "Four"],
     [5, "."],
 ]
+
+
+@pytest.fixture
+def raw_stream(gateway: GatewayServer) -> Any:
+    def post(body: dict[str, Any]) -> bytes:
+        r = httpx.post(gateway.base_url + "/chat/completions", json=body, timeout=20)
+        assert r.status_code == 200, r.text
+        return r.content
+
+    return post
 
 
 def stream(client: openai.OpenAI, model: str, **kw: Any) -> tuple[str, str, Any]:
@@ -96,9 +107,13 @@ def test_upstream_split_reasoning_is_normalized(
     reasoning, content, final = stream(client, "think", extra_body=split)
     assert final.finish_reason == "stop"
     assert reasoning == "Okay, the user asks for 2 + 2. That is 4.\n"
-    assert content == "\n\n2 + 2 = **4**."  # vLLM's parser keeps the newlines; not re-parsed
+    # vLLM's parser keeps the newlines after </think>; the answer is the same as when the
+    # gateway splits the reasoning itself
+    own = stream(client, "think")
+    assert (reasoning, content) == own[:2] == (reasoning, "2 + 2 = **4**.")
     resp = client.chat.completions.create(model="think", messages=USER, extra_body=split)
     assert resp.choices[0].message.model_extra["reasoning_content"] == reasoning  # type: ignore[index]
+    assert resp.choices[0].message.content == content
 
 
 def test_hide_mode_drops_reasoning(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
@@ -108,6 +123,25 @@ def test_hide_mode_drops_reasoning(client: openai.OpenAI, fresh_sim: SimProcess)
         set(c.choices[0].delta.model_extra or {}) & {"reasoning", "reasoning_content"}
         for c in chunks
     )
+
+
+def test_hide_mode_sends_heartbeats_while_the_model_thinks(
+    raw_stream: Any, fresh_sim: SimProcess
+) -> None:
+    """4 s of hidden thinking would be 4 s of silence: SDK read timeouts and proxies cut such
+    streams. Heartbeat comments go out instead; for upstream-split reasoning as well."""
+    for split in (False, True):
+        tokens = [[i, f" step {i}"] for i in range(10)] + [[151649, "</think>"], [99, "ok"]]
+        body = {
+            "model": "think-hide-beat",
+            "messages": USER,
+            "stream": True,
+            "sim": {"tokens": tokens, "token_delay": 0.1, "split_reasoning": split},
+        }
+        raw_body = raw_stream(body)
+        assert raw_body.count(b": keep-alive\n\n") >= 3, raw_body[:300]
+        assert b"step" not in raw_body and b'"content":"ok"' in raw_body
+        assert b"{}" not in raw_body  # no empty deltas either way
 
 
 def test_forced_prefix_sent_and_accounted(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
@@ -139,6 +173,30 @@ def test_multi_turn_reasoning_removed_before_upstream(
     sent = fresh_sim.last_request()["messages"]
     assert sent[1] == {"role": "assistant", "content": "first answer"}
     assert sent[2]["content"] == "second"
+
+
+def test_nested_reasoning_in_history_is_removed(
+    client: openai.OpenAI, fresh_sim: SimProcess
+) -> None:
+    """What litellm and other routers send back: reasoning nested in provider fields."""
+    litellm_turn = {
+        "role": "assistant",
+        "content": "first answer",
+        "reasoning_details": [{"type": "reasoning.text", "text": "secret thought"}],
+        "thinking_blocks": [{"type": "thinking", "thinking": "secret thought"}],
+        "provider_specific_fields": {"reasoning": "secret thought", "refusal": None},
+    }
+    client.chat.completions.create(
+        model="think",
+        messages=[{"role": "user", "content": "first"}, litellm_turn, *USER],  # type: ignore[list-item]
+    )
+    sent = fresh_sim.last_request()["messages"]
+    assert "secret thought" not in repr(sent)
+    assert sent[1] == {
+        "role": "assistant",
+        "content": "first answer",
+        "provider_specific_fields": {"refusal": None},
+    }
 
 
 def test_non_thinking_profile_untouched(client: openai.OpenAI, fresh_sim: SimProcess) -> None:

@@ -129,7 +129,7 @@ def test_stop_text_prefix_that_does_not_complete_is_released(
         ({"drop_after": 5}, "length", None, "upstream_disconnect"),
     ],
 )
-def test_broken_upstream_endings_are_repaired(
+def test_broken_upstream_endings_are_repaired_gracefully(
     raw: Any,
     fresh_sim: SimProcess,
     script: dict[str, Any],
@@ -137,15 +137,51 @@ def test_broken_upstream_endings_are_repaired(
     upstream: Any,
     termination: Any,
 ) -> None:
+    """stream_termination: graceful -- every stream ends with a final chunk."""
     _, _, events = raw(
-        "/chat/completions", {"model": "plain", "messages": USER, "stream": True, "sim": script}
+        "/chat/completions", {"model": "graceful", "messages": USER, "stream": True, "sim": script}
     )
     (final,) = assert_well_ended(events)
     assert final["finish_reason"] == finish
     assert final["upstream_finish_reason"] == upstream
     assert final.get("gateway_termination") == termination
-    if "drop_after" in script:
-        assert chat_text(events) == "Okay, the user asks"
+    if "drop_after" in script:  # the sim's abort may lose the last chunk in flight
+        assert "Okay, the user asks".startswith(chat_text(events)) and chat_text(events)
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ({"finish": "abort"}, "upstream_abort"),
+        ({"finish": "null"}, None),
+        ({"finish": "omit"}, None),
+        ({"finish": "omit", "omit_done": True}, "upstream_disconnect"),
+        ({"drop_after": 5}, "upstream_disconnect"),
+    ],
+)
+def test_broken_upstream_endings_are_honest_by_default(
+    raw: Any, client: openai.OpenAI, fresh_sim: SimProcess, script: dict[str, Any], code: Any
+) -> None:
+    """The default: a stream the gateway had to cut ends with an error event, so SDKs raise
+    instead of returning a partial answer that looks finished."""
+    _, _, events = raw(
+        "/chat/completions", {"model": "plain", "messages": USER, "stream": True, "sim": script}
+    )
+    finals = assert_well_ended(events)
+    if code is None:
+        assert finals[0]["finish_reason"] == "stop"
+        return
+    assert events[-2]["error"]["code"] == code and not finals
+    if "drop_after" in script:  # the partial text went out (the drop may lose the last chunk)
+        assert "Okay, the user asks".startswith(chat_text(events[:-2])) and chat_text(events[:-2])
+    got = []
+    with pytest.raises(openai.APIError) as exc:
+        for chunk in client.chat.completions.create(
+            model="plain", messages=USER, stream=True, extra_body={"sim": script}
+        ):
+            got.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert exc.value.body["code"] == code  # type: ignore[index]
+    assert "".join(got)  # a UI has already shown the partial text
 
 
 def test_missing_done_after_finish_is_added(raw: Any, fresh_sim: SimProcess) -> None:
@@ -217,11 +253,7 @@ def test_non_stream_normalization(client: openai.OpenAI, fresh_sim: SimProcess) 
     assert resp.choices[0].finish_reason == "stop"
     assert resp.choices[0].model_extra["gateway_termination"] == "stop_text"  # type: ignore[index]
     assert resp.model == "guarded" and resp.usage is not None
-    resp = client.chat.completions.create(
-        model="r1", messages=USER, extra_body={"sim": {"finish": "abort"}}
-    )
-    assert resp.choices[0].finish_reason == "length"
-    assert resp.choices[0].model_extra["upstream_finish_reason"] == "abort"  # type: ignore[index]
+    # vLLM's abort: see test_client_facing (an error by default, `length` when graceful)
 
 
 async def test_async_sdk_stream(aclient: openai.AsyncOpenAI, fresh_sim: SimProcess) -> None:
@@ -235,4 +267,14 @@ async def test_async_sdk_stream(aclient: openai.AsyncOpenAI, fresh_sim: SimProce
 
 def test_models_list_and_health(client: openai.OpenAI, raw: Any) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids[:7] == ["r1", "plain", "guarded", "strict", "hasty", "unserved", "dead"]
+    assert ids[:9] == [
+        "r1",
+        "plain",
+        "graceful",
+        "guarded",
+        "strict",
+        "hasty",
+        "hasty-graceful",
+        "unserved",
+        "dead",
+    ]
