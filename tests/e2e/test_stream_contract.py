@@ -236,12 +236,13 @@ def test_merged_chunks_keep_text_and_single_final(raw: Any, fresh_sim: SimProces
 
 
 def test_completions_stream_and_non_stream(client: openai.OpenAI, fresh_sim: SimProcess) -> None:
-    chunks = list(client.completions.create(model="r1", prompt="2+2=", stream=True))
+    # vLLM's /v1/completions defaults max_tokens to 16: ask for room
+    chunks = list(client.completions.create(model="r1", prompt="2+2=", stream=True, max_tokens=64))
     assert "".join(c.choices[0].text for c in chunks).endswith("**4**.")
     assert [c.choices[0].finish_reason for c in chunks].count("stop") == 1
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert fresh_sim.last_request()["prompt"] == "2+2="  # prompt rules are chat-only
-    resp = client.completions.create(model="guarded", prompt="2+2=")
+    resp = client.completions.create(model="guarded", prompt="2+2=", max_tokens=64)
     assert resp.choices[0].text.endswith("**4**.") and R1_STOP_TEXT not in resp.choices[0].text
     assert resp.choices[0].finish_reason == "stop" and resp.model == "guarded"
 

@@ -7,7 +7,8 @@ Run with the vLLM venv's Python (it has torch and transformers):
 No download: the byte-level BPE tokenizer is trained here with ``tokenizers`` on a fixed
 text; ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` are special tokens, ``<think>`` and
 ``</think>`` are added non-special tokens (they stay in the text, as in DeepSeek-R1/Qwen3).
-``<|im_end|>`` is the eos. Prints the token ids as JSON for the tests.
+``<tool_call>``/``</tool_call>`` are added non-special tokens too (Hermes/Qwen tool calls).
+``<|im_end|>`` is the eos. Prints the token ids (and the whitespace-only ones) as JSON.
 """
 
 from __future__ import annotations
@@ -15,15 +16,25 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK = ["<think>", "</think>"]
+TOOL = ["<tool_call>", "</tool_call>"]
 VOCAB_SIZE = 512
+# Without kwargs the prompt ends "<|im_start|>assistant\n". ``enable_thinking`` (a
+# ``chat_template_kwargs`` switch, also set by ``reasoning_effort``) acts as in the reasoning
+# models' templates: true opens the think block in the prompt (DeepSeek-R1, Qwen3-Thinking),
+# false closes an empty one (Qwen3 with thinking off).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% elif enable_thinking is defined and enable_thinking %}{{ '<think>\\n' }}{% endif %}"
+    "{% endif %}"
 )
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. " * 4,
@@ -34,7 +45,7 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(out: Path) -> dict[str, int]:
+def build_tokenizer(out: Path) -> dict[str, Any]:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +54,7 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(THINK),
+        vocab_size=VOCAB_SIZE - len(THINK) - len(TOOL),
         special_tokens=SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -56,13 +67,18 @@ def build_tokenizer(out: Path) -> dict[str, int]:
         unk_token=None,
         additional_special_tokens=["<|im_start|>"],
     )
-    fast.add_tokens(THINK, special_tokens=False)
+    fast.add_tokens(THINK + TOOL, special_tokens=False)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
-    return {t: fast.convert_tokens_to_ids(t) for t in SPECIAL + THINK}
+    ids: dict[str, Any] = {t: fast.convert_tokens_to_ids(t) for t in SPECIAL + THINK + TOOL}
+    # what a grammar lets a random model repeat forever: the tests bias these away
+    ids["whitespace"] = [
+        i for i in range(len(fast)) if fast.decode([i]) and not fast.decode([i]).strip()
+    ]
+    return ids
 
 
-def build_model(out: Path, ids: dict[str, int]) -> None:
+def build_model(out: Path, ids: dict[str, Any]) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 

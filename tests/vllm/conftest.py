@@ -94,7 +94,9 @@ class VLLMServer:
             self.proc.wait()
 
 
-def start_vllm(model_dir: Path, work: Path, *extra: str) -> VLLMServer:
+def start_vllm(
+    model_dir: Path, work: Path, *extra: str, env: dict[str, str] | None = None
+) -> VLLMServer:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
@@ -107,6 +109,7 @@ def start_vllm(model_dir: Path, work: Path, *extra: str) -> VLLMServer:
         "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor"),
         "TMPDIR": str(work),
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     log_path = work / "vllm.log"
     cmd = [
@@ -122,7 +125,7 @@ def start_vllm(model_dir: Path, work: Path, *extra: str) -> VLLMServer:
         "--port",
         str(port),
         "--max-model-len",
-        "512",
+        "512",  # a later --max-model-len in ``extra`` wins
         "--dtype",
         "float32",
         "--enforce-eager",
@@ -160,7 +163,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 def vllm_servers(
     tiny_model: tuple[Path, dict[str, int]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, VLLMServer]]:
-    """Both servers start at once (their start-up overlaps); always stopped."""
+    """The servers start at once (their start-ups overlap); always stopped.
+
+    ``plain`` and ``reasoning`` (``--reasoning-parser deepseek_r1``) have max_model_len 512;
+    ``tools`` has a Hermes tool parser with auto tool choice, max_model_len 256 and the
+    Responses store (``VLLM_ENABLE_RESPONSES_API_STORE=1``)."""
     model_dir, _ = tiny_model
     base = tmp_path_factory.mktemp("vllm")
     servers: dict[str, VLLMServer] = {}
@@ -168,6 +175,16 @@ def vllm_servers(
         servers["plain"] = start_vllm(model_dir, base / "plain")
         servers["reasoning"] = start_vllm(
             model_dir, base / "reasoning", "--reasoning-parser", "deepseek_r1"
+        )
+        servers["tools"] = start_vllm(
+            model_dir,
+            base / "tools",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
+            "--max-model-len",
+            "256",
+            env={"VLLM_ENABLE_RESPONSES_API_STORE": "1"},
         )
         yield servers
     finally:
@@ -179,6 +196,14 @@ def vllm_servers(
 def vllm(vllm_servers: dict[str, VLLMServer]) -> VLLMServer:
     vllm_servers["plain"].wait_healthy()
     return vllm_servers["plain"]
+
+
+@pytest.fixture(scope="session")
+def vllm_flavours(vllm_servers: dict[str, VLLMServer]) -> dict[str, VLLMServer]:
+    """Every server, healthy (the flavours of tests/wire_shapes.py)."""
+    for server in vllm_servers.values():
+        server.wait_healthy()
+    return vllm_servers
 
 
 @pytest.fixture(scope="session")
