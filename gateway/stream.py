@@ -269,7 +269,10 @@ class StreamNormalizer:
         output is the full path's, byte for byte (tested by a property)."""
         if type(ch) is not dict or ch.get("finish_reason") is not None or "usage" in obj:
             return None
-        st = self._choices.get(ch.get("index", 0))
+        index = ch.get("index", 0)
+        if type(index) is not int:
+            return None
+        st = self._choices.get(index)
         if st is None or st.finished or not st.started or ch.get("logprobs") is not None:
             return None
         if self.chat:
