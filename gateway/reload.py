@@ -3,7 +3,12 @@
 A reload loads, validates and resolves the whole file off the event loop, then swaps one
 reference; requests read the snapshot once at their start, so streams in flight finish under
 the profiles they started with. A bad file is refused with its key-path messages and the old
-snapshot keeps serving. Triggers: file changes (``watchfiles`` on the file's directory, which
+snapshot keeps serving; so is a file whose loading raised anything at all (counted as
+``refused``, ``last_error`` set, 422 on ``/admin/reload``). The watcher outlives every
+error: a failed reload, an unreadable file, even the watched directory vanishing (it
+retries), so a later good file is still applied without a ``SIGHUP``.
+
+Triggers: file changes (``watchfiles`` on the file's directory, which
 also sees a Kubernetes ConfigMap swapping its ``..data`` symlink), ``SIGHUP`` and
 ``POST /admin/reload``.
 """
@@ -49,17 +54,24 @@ class ProfileStore:
         async with self._lock:
             try:
                 new = await asyncio.to_thread(load_profiles, self.path, self.tokenizers.resolve)
-            except ProfileError as exc:
+            except Exception as exc:
+                if isinstance(exc, ProfileError):
+                    errors = exc.errors
+                else:  # a bug, not a bad file: refuse all the same, keep the traceback
+                    log.error("profile reload (%s) failed", trigger, exc_info=True)
+                    errors = [f"{self.path}: could not be loaded ({type(exc).__name__})"]
                 self.counts["refused"] += 1
                 self.on_result("refused")
-                self.last_error = exc.errors
+                self.last_error = errors
                 log.error(
                     "profile reload (%s) refused, still serving version %s: %s",
                     trigger,
                     self.current.version,
-                    " | ".join(exc.errors),
+                    " | ".join(errors),
                 )
-                raise
+                if isinstance(exc, ProfileError):
+                    raise
+                raise ProfileError(errors) from exc
             self.last_error = None
             if new.version == self.current.version:
                 self.counts["unchanged"] += 1
@@ -99,7 +111,22 @@ class ProfileStore:
             return
         self._watcher = asyncio.get_running_loop().create_task(self._watch(debounce_ms))
 
-    async def _watch(self, debounce_ms: int) -> None:
+    async def _watch(self, debounce_ms: int, retry_s: float = 1.0) -> None:
+        """Watch until stopped; whatever goes wrong is logged and watching starts again."""
+        first = True
+        while not self._stop.is_set():
+            try:
+                if not first and await asyncio.to_thread(self._differs):
+                    await self._reload_quietly("file change")  # changed while not watching
+                first = False
+                await self._watch_once(debounce_ms)
+            except Exception:
+                log.error("profile watcher failed; watching again in %gs", retry_s, exc_info=True)
+            # a vanished directory makes awatch end or raise at once: do not spin
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), retry_s)
+
+    async def _watch_once(self, debounce_ms: int) -> None:
         from watchfiles import awatch
 
         directory = Path(self.path or ".").parent  # as given: a ConfigMap path is a symlink
@@ -113,8 +140,15 @@ class ProfileStore:
             stop_event=self._stop,
             recursive=False,
         ):
-            if self._changed():
+            if await asyncio.to_thread(self._changed):
                 await self._reload_quietly("file change")
+
+    def _differs(self) -> bool:
+        """The file is readable and not the one being served."""
+        try:
+            return content_version(read_profile_text(self.path or "")) != self.current.version
+        except ProfileError:
+            return False
 
     async def aclose(self) -> None:
         self._stop.set()
