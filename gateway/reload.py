@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,36 +113,55 @@ class ProfileStore:
         self._watcher = asyncio.get_running_loop().create_task(self._watch(debounce_ms))
 
     async def _watch(self, debounce_ms: int, retry_s: float = 1.0) -> None:
-        """Watch until stopped; whatever goes wrong is logged and watching starts again."""
-        first = True
+        """Watch until stopped; whatever goes wrong is logged (once per streak of failures)
+        and watching starts again after ``retry_s``."""
+        failing = False
         while not self._stop.is_set():
             try:
-                if not first and await asyncio.to_thread(self._differs):
-                    await self._reload_quietly("file change")  # changed while not watching
-                first = False
                 await self._watch_once(debounce_ms)
-            except Exception:
-                log.error("profile watcher failed; watching again in %gs", retry_s, exc_info=True)
+                failing = False
+            except Exception as exc:
+                level = logging.DEBUG if failing else logging.ERROR
+                log.log(level, "profile watcher: %s; watching again in %gs", exc, retry_s)
+                failing = True
             # a vanished directory makes awatch end or raise at once: do not spin
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), retry_s)
 
     async def _watch_once(self, debounce_ms: int) -> None:
+        """One ``awatch`` of the file's directory; raises when that directory is gone or
+        replaced (its inotify watch would hear nothing more)."""
         from watchfiles import awatch
 
         directory = Path(self.path or ".").parent  # as given: a ConfigMap path is a symlink
+        inode = (await asyncio.to_thread(os.stat, directory)).st_ino
         log.info("watching %s for profile changes", directory)
+        caught_up = False
         # No filter: a ConfigMap update shows up only as ``..data``/``..<timestamp>`` entries.
-        async for _changes in awatch(
+        async for changes in awatch(
             directory,
             debounce=debounce_ms,
             step=50,
             watch_filter=None,
             stop_event=self._stop,
             recursive=False,
+            rust_timeout=1000,
+            yield_on_timeout=True,  # an empty set each second: time to look at the directory
         ):
-            if await asyncio.to_thread(self._changed):
-                await self._reload_quietly("file change")
+            if changes or not caught_up:
+                # the first pass (the watch is set up by now) also catches up with a change
+                # made before it was, e.g. while the directory was gone
+                check = self._changed if changes else self._differs
+                changed: bool = await asyncio.to_thread(check)
+                caught_up = True
+                if changed:
+                    await self._reload_quietly("file change")
+            try:
+                same = (await asyncio.to_thread(os.stat, directory)).st_ino == inode
+            except OSError:
+                same = False
+            if not same:
+                raise FileNotFoundError(f"{directory} was removed or replaced")
 
     def _differs(self) -> bool:
         """The file is readable and not the one being served."""
