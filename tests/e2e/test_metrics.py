@@ -138,6 +138,11 @@ def test_backend_up_retries_reloads_and_profile_info(mgw: tuple[GatewayServer, P
         lambda: value(scrape(gw.url), "gateway_profile_reloads_total", result="applied") == 1,
         "the reload",
     )
+    # with probes off, the probe loop's next pass forgets their last verdict on `gone`
+    wait_for(
+        lambda: value(scrape(gw.url), "gateway_backend_up", model="pair", backend="gone") == 1,
+        "probes off",
+    )
     path.write_text("models: [broken")
     wait_for(
         lambda: value(scrape(gw.url), "gateway_profile_reloads_total", result="refused") == 1,
