@@ -31,6 +31,7 @@ from pydantic import (
 from .errors import ProfileError
 from .fields import DEFAULT_DENIED_FIELDS, DEFAULT_POLICY, GATEWAY_OWNED_FIELDS, FieldPolicy
 from .profile_yaml import load_yaml, read_bounded_text, read_profile_text
+from .ratestore import redact
 from .values import json_value_problem
 
 log = logging.getLogger("gateway.profiles")
@@ -187,10 +188,11 @@ class BackendSpec(_Strict):
             port = parts.port
         except ValueError:
             parts, port = None, None
+        # never echo a secret: these messages reach logs and /admin
+        shown = redact(v)
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL like http://host:8000")
+            raise ValueError(f"must be an http(s) URL like http://host:8000, got {shown!r}")
         if "@" in parts.netloc:
-            # never echo the URL: it holds a secret (messages reach logs and /admin)
             shown = f"{parts.scheme}://***@{parts.hostname}{f':{port}' if port else ''}"
             raise ValueError(
                 f"credentials in a backend URL are not allowed (got {shown}): put the key in "

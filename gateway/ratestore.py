@@ -5,9 +5,9 @@
 every replica through Redis. The Redis client is the ``redis`` extra
 (``pip install 'vllm-thinking-gateway[redis]'``: ``limits[async-redis]``, i.e. coredis).
 
-* At load (``gateway check``, start-up, every reload) the URI must name a storage the
-  ``limits`` library knows, that supports the moving window, and whose client is installed:
-  otherwise the file is refused (:func:`storage_problem`).
+* At load (``gateway check``, start-up, every reload) the URI must be ``memory://`` or a
+  Redis (or Valkey) URI that the ``limits`` library can build a storage from, its client
+  installed: otherwise the file is refused (:func:`storage_problem`).
 * Whether the server answers is checked too, but only warned about
   (:func:`reachability_warning`): Redis may start after the gateway, and at run time the
   limiter fails open (see :class:`security.RateLimiter`): while the storage is down,
@@ -31,8 +31,9 @@ _REDIS_SCHEMES = ("redis", "rediss", "valkey", "valkeys")
 
 
 def redact(uri: str) -> str:
-    """``uri`` without the password of its userinfo part(s)."""
-    return re.sub(r"(://|,)([^/@,]*)@", lambda m: f"{m.group(1)}***@", uri)
+    """``uri`` without its userinfo part(s) or a ``password=`` query parameter."""
+    uri = re.sub(r"(://|,)([^/@,]*)@", lambda m: f"{m.group(1)}***@", uri)
+    return re.sub(r"(?i)(password=)[^&#]*", r"\1***", uri)
 
 
 def make_storage(uri: str) -> Any:
@@ -53,27 +54,31 @@ def make_storage(uri: str) -> Any:
 
 def storage_problem(uri: str) -> str | None:
     """Why ``uri`` cannot be the rate storage (``None``: it can)."""
-    from limits.aio.storage import MovingWindowSupport
     from limits.errors import ConfigurationError
 
     shown = redact(uri)
     try:
-        storage = make_storage(uri)
-    except ConfigurationError as exc:
-        text = redact(str(exc))
-        if "prerequisite" in text:
-            return (
-                f"{shown}: the client library is not installed ({text}); install the "
-                "gateway's `redis` extra"
-            )
+        scheme = urlsplit(uri.removeprefix("async+")).scheme
+    except ValueError:
+        scheme = ""
+    if scheme != "memory" and scheme.split("+")[0] not in _REDIS_SCHEMES:
+        # the limits library knows more (memcached has no moving window; mongodb's client
+        # is not a dependency): the gateway supports these two families
         return (
-            "not a storage the limits library knows, like memory:// or redis://host:6379, "
+            "not a rate storage the gateway supports, like memory:// or redis://host:6379, "
             f"got {shown!r}"
         )
+    try:
+        make_storage(uri)
+    except ConfigurationError as exc:
+        text = redact(str(exc)).split(" See ")[0]
+        if "prerequisite" in text:
+            extra = " (install the gateway's `redis` extra)" if scheme.startswith("redis") else ""
+            return f"the client library is not installed: {text}{extra}, got {shown!r}"
+        return f"cannot be used: {text[:200]}, got {shown!r}"
     except Exception as exc:  # any failure to build it is a refusal
-        return f"{shown}: cannot be used ({type(exc).__name__}: {redact(str(exc))[:200]})"
-    if not isinstance(storage, MovingWindowSupport):
-        return f"{shown}: this storage has no moving window; use memory:// or redis://"
+        reason = redact(str(exc))[:200]
+        return f"cannot be used ({type(exc).__name__}: {reason}), got {shown!r}"
     return None
 
 

@@ -280,13 +280,35 @@ def test_backend_names_are_checked(backends: str, expected: str) -> None:
 
 def test_unknown_rate_storage_is_refused_without_its_password() -> None:
     errs = errors_of(f"limits: {{rate_storage: 'nosuch://:pw@h:1'}}\nmodels: {{m: {{{OK}}}}}")
-    assert errs[0].startswith("limits.rate_storage: not a storage the limits library knows")
+    assert errs[0].startswith("limits.rate_storage: not a rate storage the gateway supports")
     assert "pw" not in errs[0]
 
 
-def test_rate_storage_without_a_moving_window_is_refused() -> None:
-    errs = errors_of(f"limits: {{rate_storage: 'memcached://h:1'}}\nmodels: {{m: {{{OK}}}}}")
-    assert errs[0].startswith("limits.rate_storage: memcached://h:1:"), errs
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("memcached://u:pw@h:1", "not a rate storage the gateway supports"),
+        ("mongodb://u:pw@h:1", "not a rate storage the gateway supports"),
+        ("valkey://:pw@h:1", "the client library is not installed"),
+        ("redis://h:1/0?password=pw", None),
+        ("redis://:pw@h:notaport/0", "cannot be used"),
+    ],
+)
+def test_rate_storage_problems_are_named_without_passwords(uri: str, expected: str | None) -> None:
+    text = f"limits: {{rate_storage: '{uri}'}}\nmodels: {{m: {{{OK}}}}}"
+    if expected is None:
+        assert parse_profiles(text).limits.rate_storage == uri
+        return
+    errs = errors_of(text)
+    assert len(errs) == 1 and errs[0].startswith(f"limits.rate_storage: {expected}"), errs
+    assert "pw" not in errs[0] and "got '" in errs[0]
+
+
+def test_a_bad_url_with_credentials_is_refused_without_them() -> None:
+    errs = errors_of("models: {m: {backends: [{url: 'ftp://user:pw@h/x'}]}}")
+    assert errs == [
+        "models.m.backends.0.url: must be an http(s) URL like http://host:8000, got 'ftp://***@h/x'"
+    ]
 
 
 def test_redis_rate_storage_is_accepted_and_unreachable_redis_only_warns(
