@@ -30,11 +30,13 @@ test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) and containe
 	base=$$(scripts/container-base.sh) && \
 	GATEWAY_CONTAINER_BASE=$$base GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
 	GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
+	GATEWAY_REDIS_SERVER=$$(scripts/install-redis.sh) \
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
 test-fast: $(VENV)/.installed  ## no real vLLM, no containers, nothing slow (a few minutes)
 	$(KUBECTL)
 	GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
+	GATEWAY_REDIS_SERVER=$$(scripts/install-redis.sh) \
 	$(VENV)/bin/python -m pytest -m "not vllm and not slow and not container"
 
 test-container: $(VENV)/.installed  ## only the image, compose and Kubernetes tests (podman)

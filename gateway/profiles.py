@@ -9,15 +9,17 @@ The resolved :class:`Profile` objects are frozen and cheap to read on the reques
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,61 +29,112 @@ from pydantic import (
 )
 
 from .errors import ProfileError
+from .fields import DEFAULT_DENIED_FIELDS, DEFAULT_POLICY, GATEWAY_OWNED_FIELDS, FieldPolicy
+from .profile_yaml import load_yaml, read_bounded_text, read_profile_text
+from .ratestore import redact
+from .values import json_value_problem
+
+log = logging.getLogger("gateway.profiles")
+
+__all__ = ["ProfileSet", "load_profiles", "parse_profiles", "read_profile_text"]
+
+#: a backend's name: shown in ``x-gateway-backend``, metric labels and logs
+BACKEND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: an environment variable's name
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: a request field's name (field policy lists)
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: an HTTP header's name (RFC 9110 token)
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+INT64 = (-(2**63), 2**63 - 1)
+#: largest ``auth.keys_file`` (about 200,000 keys)
+MAX_KEYS_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _off_or_at_least(low: float) -> Callable[[float], float]:
+    def check(v: float) -> float:
+        if 0 < v < low:
+            raise ValueError(f"must be 0 (off) or >= {low:g}, got {v:g}")
+        return v
+
+    return check
+
+
+def _off_or_schema(low: float) -> dict[str, Any]:
+    return {"not": {"exclusiveMinimum": 0, "exclusiveMaximum": low}}
+
+
+#: seconds between active health probes: 0 (off) or 0.5..3600 (a tiny interval burns a core)
+ProbeInterval = Annotated[
+    float,
+    Field(ge=0, le=3600, json_schema_extra=_off_or_schema(0.5)),
+    AfterValidator(_off_or_at_least(0.5)),
+]
+#: seconds of silence before an SSE comment is sent on an open stream: 0 (off) or 0.1..3600
+Heartbeat = Annotated[
+    float,
+    Field(ge=0, le=3600, json_schema_extra=_off_or_schema(0.1)),
+    AfterValidator(_off_or_at_least(0.1)),
+]
+#: a timeout in seconds: 1 ms .. 1 day (a huge one overflows the event loop's timers)
+Seconds = Annotated[float, Field(ge=0.001, le=86400)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never meant: inf seconds overflow the event loop's timers
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TimeoutsSpec(_Strict):
     """Seconds. ``first_token``: request sent -> first event; ``idle``: between events."""
 
-    connect: float = Field(default=5, gt=0)
-    first_token: float = Field(default=60, gt=0)
-    idle: float = Field(default=15, gt=0)
-    total: float = Field(default=600, gt=0)
+    connect: float = Field(default=5, ge=0.001, le=300)
+    first_token: Seconds = 60
+    idle: Seconds = 15
+    total: Seconds = 600
     #: seconds of nothing forwarded on an open stream before an SSE comment is sent (keeps
     #: client read timeouts and proxies from cutting a model that thinks in silence); 0: off
-    heartbeat: float = Field(default=10, ge=0)
+    heartbeat: Heartbeat = 10
 
 
 class HealthSpec(_Strict):
     """Backend health: active probes of ``GET /health`` and passive ejection."""
 
-    #: seconds between probes (0 turns active checks off)
-    interval: float = Field(default=5, ge=0)
-    timeout: float = Field(default=2, gt=0)
+    #: seconds between probes: 0 turns active checks off, otherwise at least 0.5
+    interval: ProbeInterval = 5
+    timeout: float = Field(default=2, ge=0.01, le=60)
     #: connect errors / 5xx / first-token timeouts in a row before a backend is ejected
-    eject_after: int = Field(default=3, ge=1)
+    eject_after: int = Field(default=3, ge=1, le=1000)
     #: seconds an ejected backend stays out before it is probed again
-    cooloff: float = Field(default=10, ge=0)
+    cooloff: float = Field(default=10, ge=0, le=86400)
 
 
 class AuthSpec(_Strict):
     #: sha256 digests of client keys, one per line, optionally "<digest> model-a,model-b";
     #: relative to the profile file's directory
-    keys_file: str | None = None
+    keys_file: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
 class LimitsSpec(_Strict):
     """Front-door limits (in-flight and memory-backed rate counters are per replica)."""
 
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
     #: seconds a client may take to send its request body (408 after it)
-    body_timeout: float = Field(default=30, gt=0, le=3600)
-    max_messages: int = Field(default=2048, ge=1)
+    body_timeout: float = Field(default=30, ge=0.01, le=3600)
+    max_messages: int = Field(default=2048, ge=1, le=1_000_000)
     #: characters over all message contents (chat) or the prompt (completions)
-    max_prompt_chars: int = Field(default=4_000_000, ge=1)
-    max_in_flight: int = Field(default=1024, ge=1)
-    key_max_in_flight: int = Field(default=256, ge=1)
+    max_prompt_chars: int = Field(default=4_000_000, ge=1, le=1_000_000_000)
+    max_in_flight: int = Field(default=1024, ge=1, le=1_000_000)
+    key_max_in_flight: int = Field(default=256, ge=1, le=1_000_000)
     #: requests per key (per client address without keys), e.g. "600/minute"
-    key_rate: str | None = None
+    key_rate: str | None = Field(default=None, max_length=256)
     #: a backend's non-stream answer larger than this is refused (502)
-    max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=1024**3)
     #: failed authentications per client address before it gets 429 (brute-force guard)
-    auth_failure_rate: str | None = "30/minute"
-    #: ``limits`` storage: memory:// (per replica) or redis://host:6379 (shared)
-    rate_storage: str = "memory://"
+    auth_failure_rate: str | None = Field(default="30/minute", max_length=256)
+    #: ``limits`` storage: memory:// (per replica) or redis://host:6379 (shared; needs the
+    #: ``redis`` extra)
+    rate_storage: str = Field(default="memory://", max_length=4096)
 
     @field_validator("key_rate", "auth_failure_rate")
     @classmethod
@@ -95,46 +148,110 @@ class LimitsSpec(_Strict):
                 raise ValueError(f"not a rate like '600/minute': {v!r}") from None
         return v
 
+    @field_validator("rate_storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        from .ratestore import storage_problem
+
+        problem = storage_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
 
 class TimeoutOverrides(_Strict):
-    connect: float | None = Field(default=None, gt=0)
-    first_token: float | None = Field(default=None, gt=0)
-    idle: float | None = Field(default=None, gt=0)
-    total: float | None = Field(default=None, gt=0)
-    heartbeat: float | None = Field(default=None, ge=0)
+    connect: float | None = Field(default=None, ge=0.001, le=300)
+    first_token: Seconds | None = None
+    idle: Seconds | None = None
+    total: Seconds | None = None
+    heartbeat: Heartbeat | None = None
 
 
 class BackendSpec(_Strict):
-    url: str
-    name: str | None = None
+    url: str = Field(max_length=2048)
+    #: shown in ``x-gateway-backend``, metric labels and logs; default ``b<index>``
+    name: str | None = Field(
+        default=None, json_schema_extra={"pattern": f"^{BACKEND_NAME.pattern}$"}
+    )
     #: share of traffic relative to the model's other backends
     weight: int = Field(default=1, ge=1, le=100)
     #: name of an environment variable holding this backend's API key (sent as Bearer)
-    api_key_env: str | None = None
+    api_key_env: str | None = Field(
+        default=None, json_schema_extra={"pattern": f"^{ENV_NAME.pattern}$"}
+    )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL like http://host:8000")
+        try:
+            parts = urlsplit(v)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        # never echo a secret: these messages reach logs and /admin
+        shown = redact(v)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL like http://host:8000, got {shown!r}")
+        if "@" in parts.netloc:
+            shown = f"{parts.scheme}://***@{parts.hostname}{f':{port}' if port else ''}"
+            raise ValueError(
+                f"credentials in a backend URL are not allowed (got {shown}): put the key in "
+                "an environment variable and name it in api_key_env (sent as a Bearer token)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"a backend URL takes no query or fragment, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not BACKEND_NAME.fullmatch(v):
+            raise ValueError(
+                f"a backend name is 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or "
+                f"digit), got {v!r}"
+            )
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not ENV_NAME.fullmatch(v):
+            raise ValueError(f"not an environment variable name, got {v!r}")
+        return v
 
 
 class SamplingSpec(BaseModel):
-    """Sampling fields with known ranges; other vLLM sampling fields pass unchecked."""
+    """Sampling fields with known ranges; other request fields are free-form JSON values,
+    bounded (see :func:`values.json_value_problem`) so that every request can carry them."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=1_000_000_000)
     min_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=100_000_000)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    seed: int | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0, le=100)
+    seed: int | None = Field(default=None, ge=INT64[0], le=INT64[1])
+
+    @model_validator(mode="after")
+    def _free_form(self) -> SamplingSpec:
+        extra = self.model_extra or {}
+        owned = sorted(GATEWAY_OWNED_FIELDS & set(extra))
+        if owned:
+            raise ValueError(
+                f"{owned[0]}: set by the client and the gateway, a profile cannot set it"
+            )
+        problem = json_value_problem(extra)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def removed(self) -> tuple[str, ...]:
+        """Fields set to ``null`` (as ``overrides``: removed from every request)."""
+        return tuple(k for k, v in self if v is None and k in self.model_fields_set)
 
 
 class PromptSpec(_Strict):
@@ -144,7 +261,7 @@ class PromptSpec(_Strict):
     system: Literal["keep", "merge", "drop"] = "keep"
     #: text the answer must start with (e.g. "<think>\n"): sent as a final assistant message
     #: with vLLM's continue_final_message
-    assistant_prefix: str = ""
+    assistant_prefix: str = Field(default="", max_length=4096)
     #: the chat template already adds assistant_prefix: do not send it again
     assistant_prefix_in_template: bool = False
 
@@ -156,7 +273,7 @@ class ReasoningSpec(_Strict):
     starts_in_reasoning: bool = False
     #: delta/message fields that receive the reasoning text
     fields: list[str] = Field(
-        default_factory=lambda: ["reasoning_content", "reasoning"], min_length=1
+        default_factory=lambda: ["reasoning_content", "reasoning"], min_length=1, max_length=8
     )
     mode: Literal["split", "inline", "hide"] = "split"
     #: remove reasoning from earlier assistant turns before the request goes upstream
@@ -166,36 +283,66 @@ class ReasoningSpec(_Strict):
     @classmethod
     def _field_names(cls, v: list[str]) -> list[str]:
         for name in v:
-            if name in ("content", "role", "tool_calls", "refusal") or not name.isidentifier():
+            if name in ("content", "role", "tool_calls", "refusal") or not FIELD_NAME.fullmatch(
+                name
+            ):
                 raise ValueError(f"{name!r} cannot hold reasoning")
         return v
 
 
+def _field_list(v: list[str] | None) -> list[str] | None:
+    for name in v or ():
+        if not FIELD_NAME.fullmatch(name):
+            raise ValueError(f"not a request field name, got {name!r}")
+    return v
+
+
+class RequestPolicySpec(_Strict):
+    """Which top-level request fields a client may send (see :mod:`fields`)."""
+
+    #: fields refused (or dropped); replaces the shipped list, ``[]`` denies nothing
+    deny: list[str] = Field(default_factory=lambda: sorted(DEFAULT_DENIED_FIELDS), max_length=256)
+    #: when set, only these fields (and the request's own: model, messages/prompt, stream,
+    #: stream_options) are accepted
+    allow: list[str] | None = Field(default=None, max_length=256)
+    #: reject: 400 naming the field; drop: removed silently before the request goes upstream
+    on_denied: Literal["reject", "drop"] = "reject"
+    #: accept http(s) media URLs in content parts (vLLM would fetch them); data: URLs always
+    remote_media: bool = False
+    #: accept raw tensors: ``prompt_embeds`` and ``*_embeds`` content parts
+    embeddings: bool = False
+
+    _names = field_validator("deny", "allow")(_field_list)
+
+
 class ModelSpec(_Strict):
-    upstream_model: str | None = None
-    backends: list[BackendSpec] = Field(min_length=1)
-    stop_token_ids: list[int] = Field(default_factory=list)
+    upstream_model: str | None = Field(default=None, min_length=1, max_length=512)
+    backends: list[BackendSpec] = Field(min_length=1, max_length=64)
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=1024)
     #: local tokenizer dir (or a model id already in the local HF cache) for stop_tokens
-    tokenizer: str | None = None
+    tokenizer: str | None = Field(default=None, max_length=4096)
     #: stop tokens by name, resolved to ids through ``tokenizer``
-    stop_tokens: list[str] = Field(default_factory=list)
+    stop_tokens: list[str] = Field(default_factory=list, max_length=1024)
     #: also stop at the tokenizer's eos and generation_config.json's eos_token_id list
     eos_from_tokenizer: bool = False
     #: named variants: field overrides, selected as ``model:variant`` or a header
-    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=64)
     defaults: SamplingSpec = Field(default_factory=SamplingSpec)
+    #: fields replaced whatever the client sent; ``null`` removes the field
     overrides: SamplingSpec = Field(default_factory=SamplingSpec)
+    #: which request fields a client may send, and which media
+    request_policy: RequestPolicySpec = Field(default_factory=RequestPolicySpec)
     prompt: PromptSpec = Field(default_factory=PromptSpec)
-    stop_text: list[str] = Field(default_factory=list)
+    stop_text: list[str] = Field(default_factory=list, max_length=64)
     timeouts: TimeoutOverrides = Field(default_factory=TimeoutOverrides)
     reasoning: ReasoningSpec | None = None
     #: other backends tried when one fails before the first byte reached the client
     retries: int = Field(default=2, ge=0, le=10)
     #: none | prefix (hash of system + first user turn) | header (``affinity_header``)
     affinity: Literal["none", "prefix", "header"] = "none"
-    affinity_header: str = "x-session-id"
+    affinity_header: str = Field(default="x-session-id", pattern=HEADER_NAME.pattern)
     #: largest max_tokens a client may ask for (also applied when it asks for none)
-    max_tokens_limit: int | None = Field(default=None, ge=1)
+    max_tokens_limit: int | None = Field(default=None, ge=1, le=100_000_000)
     #: clamp: lower it to the limit; reject: 400
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
     #: largest ``n`` (choices per request)
@@ -211,6 +358,8 @@ class ModelSpec(_Strict):
         for tid in v:
             if tid < 0:
                 raise ValueError(f"token ids must be >= 0, got {tid}")
+            if tid >= 2**31:
+                raise ValueError(f"token ids must be < 2**31, got {tid}")
         return v
 
     @field_validator("stop_text", "stop_tokens")
@@ -218,14 +367,19 @@ class ModelSpec(_Strict):
     def _non_empty(cls, v: list[str]) -> list[str]:
         if any(s == "" for s in v):
             raise ValueError("entries must not be empty strings")
+        if any(len(s) > 1024 for s in v):
+            raise ValueError("entries must be at most 1024 characters")
         return v
 
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, body in v.items():
-            if not name or ":" in name or name != name.strip():
-                raise ValueError(f"variant name {name!r} must be non-empty, trimmed, without ':'")
+            if not name or ":" in name or name != name.strip() or len(name) > 64:
+                raise ValueError(
+                    f"variant name {name!r} must be non-empty, trimmed, without ':', "
+                    "at most 64 characters"
+                )
             if not isinstance(body, dict):
                 raise ValueError(f"variant {name!r} must be a mapping of profile fields")
             if "variants" in body:
@@ -238,20 +392,38 @@ class ModelSpec(_Strict):
             raise ValueError("stop_tokens and eos_from_tokenizer need a `tokenizer`")
         return self
 
+    @model_validator(mode="after")
+    def _unique_backend_names(self) -> ModelSpec:
+        seen: set[str] = set()
+        for name in backend_names(self.backends):
+            if name in seen:
+                raise ValueError(f"backends: two backends are named {name!r}")
+            seen.add(name)
+        return self
+
+
+def backend_names(backends: Sequence[BackendSpec]) -> list[str]:
+    """Configured names, else ``b0``, ``b1``, ... by position: internal addresses never
+    leak through a name (``x-gateway-backend``, metric labels, logs)."""
+    return [b.name or f"b{i}" for i, b in enumerate(backends)]
+
 
 class ProfileFile(_Strict):
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
-    models: dict[str, ModelSpec] = Field(min_length=1)
+    models: dict[str, ModelSpec] = Field(min_length=1, max_length=256)
 
     @field_validator("models")
     @classmethod
     def _names(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
         for name in v:
-            if not name or ":" in name or name != name.strip():
-                raise ValueError(f"model name {name!r} must be non-empty, trimmed, without ':'")
+            if not name or ":" in name or name != name.strip() or len(name) > 256:
+                raise ValueError(
+                    f"model name {name!r} must be non-empty, trimmed, without ':', "
+                    "at most 256 characters"
+                )
         return v
 
 
@@ -309,6 +481,10 @@ class Profile:
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
     max_n: int = 4
     stream_termination: Literal["error", "graceful"] = "error"
+    #: which request fields and media a client may send
+    policy: FieldPolicy = DEFAULT_POLICY
+    #: fields removed from every request (``overrides`` set to ``null``)
+    remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +583,7 @@ def _resolve_one(
             errors.append(f"{path}.stop_tokens: {exc}")
             return None
     backends = []
+    names = backend_names(m.backends)
     for i, b in enumerate(m.backends):
         key = None
         if b.api_key_env:
@@ -417,12 +594,9 @@ def _resolve_one(
                     f"{b.api_key_env} is not set"
                 )
                 return None
-        backends.append(
-            # the default name never shows the internal address (it reaches headers,
-            # metrics labels and logs)
-            Backend(name=b.name or f"b{i}", url=b.url, weight=b.weight, api_key=key)
-        )
+        backends.append(Backend(name=names[i], url=b.url, weight=b.weight, api_key=key))
     t = m.timeouts
+    rp = m.request_policy
     r = m.reasoning
     return Profile(
         name=f"{name}:{variant}" if variant else name,
@@ -459,6 +633,14 @@ def _resolve_one(
         max_tokens_policy=m.max_tokens_policy,
         max_n=m.max_n,
         stream_termination=m.stream_termination,
+        policy=FieldPolicy(
+            deny=tuple(sorted(set(rp.deny))),
+            allow=None if rp.allow is None else tuple(sorted(set(rp.allow))),
+            on_denied=rp.on_denied,
+            remote_media=rp.remote_media,
+            embeddings=rp.embeddings,
+        ),
+        remove=m.overrides.removed(),
     )
 
 
@@ -490,16 +672,23 @@ def _resolve(
 def parse_profiles(
     text: str, source: str = "<string>", resolver: TokenResolver | None = None
 ) -> ProfileSet:
-    """Validate and resolve profile YAML text. Raises :class:`ProfileError`.
+    """Validate and resolve profile YAML text. Raises :class:`ProfileError`, and nothing
+    else: an unexpected exception is a refusal too (logged with its traceback).
 
     ``resolver`` turns ``stop_tokens`` names into ids (see :mod:`tokens`)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError([f"{source}: invalid YAML{where}: {problem}"]) from None
+        return _parse(text, source, resolver)
+    except ProfileError:
+        raise
+    except Exception as exc:
+        log.error("profile file %s could not be loaded", source, exc_info=True)
+        raise ProfileError(
+            [f"{source}: could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"]
+        ) from exc
+
+
+def _parse(text: str, source: str, resolver: TokenResolver | None) -> ProfileSet:
+    data = load_yaml(text, source)
     if not isinstance(data, dict):
         raise ProfileError([f"{source}: top level must be a mapping, got {type(data).__name__}"])
     try:
@@ -528,12 +717,10 @@ def parse_profiles(
 def read_keys_file(
     path: Path, known_models: set[str]
 ) -> tuple[tuple[bytes, frozenset[str] | None], ...]:
-    """``auth.keys_file``: ``<sha256 hex> [model,model]`` per line; ``#`` comments."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ProfileError([f"auth.keys_file: cannot read {path}: {reason}"]) from None
+    """``auth.keys_file``: ``<sha256 hex> [model,model]`` per line; ``#`` comments; at most
+    :data:`MAX_KEYS_FILE_BYTES` bytes."""
+    text = read_bounded_text(path, MAX_KEYS_FILE_BYTES, "auth.keys_file: cannot read {path}: {why}")
+    lines = text.splitlines()
     keys = []
     errors = []
     for n, line in enumerate(lines, 1):
@@ -566,15 +753,16 @@ def content_version(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def read_profile_text(path: str | Path) -> str:
-    p = Path(path)
-    try:
-        return p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ProfileError([f"{p}: cannot read profile file: {reason}"]) from None
-
-
 def load_profiles(path: str | Path, resolver: TokenResolver | None = None) -> ProfileSet:
-    """Read and validate a profile file. Raises :class:`ProfileError`."""
-    return parse_profiles(read_profile_text(path), source=str(path), resolver=resolver)
+    """Read and validate a profile file. Raises :class:`ProfileError`.
+
+    A shared rate storage (Redis) that does not answer is logged as a warning, not refused
+    (see :mod:`ratestore`)."""
+    profiles = parse_profiles(read_profile_text(path), source=str(path), resolver=resolver)
+    if profiles.limits.key_rate:
+        from .ratestore import reachability_warning
+
+        warning = reachability_warning(profiles.limits.rate_storage)
+        if warning:
+            log.warning("%s", warning)
+    return profiles

@@ -3,7 +3,12 @@
 A reload loads, validates and resolves the whole file off the event loop, then swaps one
 reference; requests read the snapshot once at their start, so streams in flight finish under
 the profiles they started with. A bad file is refused with its key-path messages and the old
-snapshot keeps serving. Triggers: file changes (``watchfiles`` on the file's directory, which
+snapshot keeps serving; so is a file whose loading raised anything at all (counted as
+``refused``, ``last_error`` set, 422 on ``/admin/reload``). The watcher outlives every
+error: a failed reload, an unreadable file, even the watched directory vanishing (it
+retries), so a later good file is still applied without a ``SIGHUP``.
+
+Triggers: file changes (``watchfiles`` on the file's directory, which
 also sees a Kubernetes ConfigMap swapping its ``..data`` symlink), ``SIGHUP`` and
 ``POST /admin/reload``.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,17 +55,24 @@ class ProfileStore:
         async with self._lock:
             try:
                 new = await asyncio.to_thread(load_profiles, self.path, self.tokenizers.resolve)
-            except ProfileError as exc:
+            except Exception as exc:
+                if isinstance(exc, ProfileError):
+                    errors = exc.errors
+                else:  # a bug, not a bad file: refuse all the same, keep the traceback
+                    log.error("profile reload (%s) failed", trigger, exc_info=True)
+                    errors = [f"{self.path}: could not be loaded ({type(exc).__name__})"]
                 self.counts["refused"] += 1
                 self.on_result("refused")
-                self.last_error = exc.errors
+                self.last_error = errors
                 log.error(
                     "profile reload (%s) refused, still serving version %s: %s",
                     trigger,
                     self.current.version,
-                    " | ".join(exc.errors),
+                    " | ".join(errors),
                 )
-                raise
+                if isinstance(exc, ProfileError):
+                    raise
+                raise ProfileError(errors) from exc
             self.last_error = None
             if new.version == self.current.version:
                 self.counts["unchanged"] += 1
@@ -99,22 +112,63 @@ class ProfileStore:
             return
         self._watcher = asyncio.get_running_loop().create_task(self._watch(debounce_ms))
 
-    async def _watch(self, debounce_ms: int) -> None:
+    async def _watch(self, debounce_ms: int, retry_s: float = 1.0) -> None:
+        """Watch until stopped; whatever goes wrong is logged (once per streak of failures)
+        and watching starts again after ``retry_s``."""
+        failing = False
+        while not self._stop.is_set():
+            try:
+                await self._watch_once(debounce_ms)
+                failing = False
+            except Exception as exc:
+                level = logging.DEBUG if failing else logging.ERROR
+                log.log(level, "profile watcher: %s; watching again in %gs", exc, retry_s)
+                failing = True
+            # a vanished directory makes awatch end or raise at once: do not spin
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), retry_s)
+
+    async def _watch_once(self, debounce_ms: int) -> None:
+        """One ``awatch`` of the file's directory; raises when that directory is gone or
+        replaced (its inotify watch would hear nothing more)."""
         from watchfiles import awatch
 
         directory = Path(self.path or ".").parent  # as given: a ConfigMap path is a symlink
+        inode = (await asyncio.to_thread(os.stat, directory)).st_ino
         log.info("watching %s for profile changes", directory)
+        caught_up = False
         # No filter: a ConfigMap update shows up only as ``..data``/``..<timestamp>`` entries.
-        async for _changes in awatch(
+        async for changes in awatch(
             directory,
             debounce=debounce_ms,
             step=50,
             watch_filter=None,
             stop_event=self._stop,
             recursive=False,
+            rust_timeout=1000,
+            yield_on_timeout=True,  # an empty set each second: time to look at the directory
         ):
-            if self._changed():
-                await self._reload_quietly("file change")
+            if changes or not caught_up:
+                # the first pass (the watch is set up by now) also catches up with a change
+                # made before it was, e.g. while the directory was gone
+                check = self._changed if changes else self._differs
+                changed: bool = await asyncio.to_thread(check)
+                caught_up = True
+                if changed:
+                    await self._reload_quietly("file change")
+            try:
+                same = (await asyncio.to_thread(os.stat, directory)).st_ino == inode
+            except OSError:
+                same = False
+            if not same:
+                raise FileNotFoundError(f"{directory} was removed or replaced")
+
+    def _differs(self) -> bool:
+        """The file is readable and not the one being served."""
+        try:
+            return content_version(read_profile_text(self.path or "")) != self.current.version
+        except ProfileError:
+            return False
 
     async def aclose(self) -> None:
         self._stop.set()

@@ -20,15 +20,18 @@ from one profile snapshot; everything it takes is released by the request's exit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
+from limits.errors import StorageError
 
 from .errors import (
     AuthError,
@@ -42,7 +45,10 @@ from .errors import (
 from .owner import Owner
 from .profiles import LimitsSpec, Profile, ProfileSet
 from .protocol import Endpoint, parse_request
+from .ratestore import make_storage, redact
 from .transform import check_request
+
+log = logging.getLogger("gateway.security")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +133,29 @@ class ConcurrencyGate:
 
 
 class RateLimiter:
-    """Requests per key in a moving window, on ``limits`` storage (memory or Redis)."""
+    """Requests per key in a moving window, on ``limits`` storage (memory or Redis).
+
+    A storage that fails (Redis down) fails open: the request is served and a warning is
+    logged (at most every 10 s), as Envoy's rate-limit filter does by default."""
 
     def __init__(self, storage_uri: str) -> None:
         self.storage_uri = storage_uri
-        uri = storage_uri if storage_uri.startswith("async+") else "async+" + storage_uri
-        self._limiter = MovingWindowRateLimiter(storage_from_string(uri))
+        self._limiter = MovingWindowRateLimiter(make_storage(storage_uri))
         self._items: dict[str, RateLimitItem] = {}
+        self._warned = -math.inf
+
+    @contextlib.contextmanager
+    def _fail_open(self) -> Iterator[None]:
+        try:
+            yield
+        except StorageError as exc:
+            if time.monotonic() - self._warned > 10:
+                self._warned = time.monotonic()
+                log.warning(
+                    "rate limit storage %s failed (%s): serving without rate limits",
+                    redact(self.storage_uri),
+                    type(exc.storage_error).__name__,
+                )
 
     def _item(self, rate: str) -> RateLimitItem:
         item = self._items.get(rate)
@@ -148,21 +170,24 @@ class RateLimiter:
 
     async def hit(self, rate: str, who: str) -> None:
         item = self._item(rate)
-        if not await self._limiter.hit(item, "gateway", who):
-            await self._refuse(
-                item, "gateway", who, f"Rate limit of {rate} exceeded for this API key."
-            )
+        with self._fail_open():
+            if not await self._limiter.hit(item, "gateway", who):
+                await self._refuse(
+                    item, "gateway", who, f"Rate limit of {rate} exceeded for this API key."
+                )
 
     async def check_failures(self, rate: str, address: str) -> None:
         """429 for an address whose failed authentications are over ``rate``."""
         item = self._item(rate)
-        if not await self._limiter.test(item, "auth-failures", address):
-            await self._refuse(
-                item, "auth-failures", address, "Too many failed authentications; retry later."
-            )
+        with self._fail_open():
+            if not await self._limiter.test(item, "auth-failures", address):
+                await self._refuse(
+                    item, "auth-failures", address, "Too many failed authentications; retry later."
+                )
 
     async def record_failure(self, rate: str, address: str) -> None:
-        await self._limiter.hit(self._item(rate), "auth-failures", address)
+        with self._fail_open():
+            await self._limiter.hit(self._item(rate), "auth-failures", address)
 
 
 #: headers that must appear at most once (the first and the last copy could disagree)

@@ -3,7 +3,9 @@
 Order of application (documented in the README):
 1. ``model`` becomes the profile's ``upstream_model``.
 2. ``defaults`` fill fields the client did not send (or sent as ``null``).
-3. ``overrides`` replace fields whatever the client sent.
+3. ``overrides`` replace fields whatever the client sent; an override of ``null`` removes
+   the field (the client's fields were already checked against the profile's field policy,
+   :mod:`fields`, at admission by :func:`check_request`).
 4. ``stop_token_ids``: the client's ids, then the profile's, without duplicates.
 5. Chat prompt rules: reasoning removed from earlier assistant turns (``reasoning``
    profiles), the ``system`` rule, ``leading_newline`` on the final user turn, then the
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import RequestError
+from .fields import apply_field_policy
 from .profiles import LimitsSpec, Profile
 
 
@@ -137,6 +140,8 @@ def build_upstream_body(
         if out.get(key) is None:
             out[key] = value
     out.update(profile.overrides)
+    for key in profile.remove:
+        out.pop(key, None)
     if profile.stop_token_ids:
         client_ids = out.get("stop_token_ids") or []
         out["stop_token_ids"] = list(dict.fromkeys([*client_ids, *profile.stop_token_ids]))
@@ -164,11 +169,13 @@ def build_upstream_body(
 def check_request(
     body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec, chars: int
 ) -> None:
-    """Size limits, ``n`` and ``max_tokens`` rules; clamps ``max_tokens`` in ``body``.
+    """The field policy, size limits, ``n`` and ``max_tokens`` rules; clamps ``max_tokens``
+    (and drops denied fields, when the policy says ``drop``) in ``body``.
 
     ``chars`` counts everything that reaches the model: every string of the request (message
     contents and names, tool definitions and calls, image data URLs, ...) and 4 per token id.
     Raises :class:`RequestError` (400) naming the field."""
+    apply_field_policy(body, profile.policy, profile.name)
     if endpoint == "chat":
         messages = body["messages"]
         if len(messages) > limits.max_messages:

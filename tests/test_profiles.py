@@ -53,7 +53,10 @@ def test_shipped_profiles_load_with_the_documented_facts() -> None:
             "models.r1.stop_token_ids: token ids must be >= 0, got -5",
         ),
         (f"models: {{r1: {{{OK}, prompt: {{system: fold}}}}}}", "models.r1.prompt.system:"),
-        (f"timeouts: {{idle: 0}}\nmodels: {{r1: {{{OK}}}}}", "timeouts.idle: must be > 0, got 0"),
+        (
+            f"timeouts: {{idle: 0}}\nmodels: {{r1: {{{OK}}}}}",
+            "timeouts.idle: must be >= 0.001, got 0",
+        ),
         ("models: {r1: {}}", "models.r1.backends: required key is missing"),
         ("models: {}", "models:"),
         ("models: [", "invalid YAML at line 1"),

@@ -24,7 +24,7 @@ from tests.helpers import (
 )
 
 USER = [{"role": "user", "content": "hi"}]
-HEALTH = "health: {interval: 0.2, timeout: 0.5, eject_after: 1, cooloff: 0.5}"
+HEALTH = "health: {interval: 0.5, timeout: 0.5, eject_after: 1, cooloff: 0.5}"
 NO_PROBES = "health: {interval: 0, eject_after: 1, cooloff: 5}"
 
 
@@ -155,7 +155,7 @@ models:
 def test_retries_are_bounded(three_sims: list[SimProcess]) -> None:
     for s in three_sims:
         s.reset()
-    profile = f"""{HEALTH.replace("interval: 0.2", "interval: 0")}
+    profile = f"""{HEALTH.replace("interval: 0.5", "interval: 0")}
 models:
   m: {{upstream_model: sim-r1, retries: 1, backends: {backends_yaml([s.url for s in three_sims])}}}
 """
@@ -166,7 +166,7 @@ models:
 
 
 def test_first_token_timeouts_fail_over_within_the_deadline(three_sims: list[SimProcess]) -> None:
-    profile = f"""{HEALTH.replace("interval: 0.2", "interval: 0")}
+    profile = f"""{HEALTH.replace("interval: 0.5", "interval: 0")}
 models:
   m:
     upstream_model: sim-r1
@@ -190,7 +190,7 @@ models:
 
 def test_stream_fails_over_before_first_byte(sim: SimProcess) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    profile = f"""{HEALTH.replace("interval: 0.2", "interval: 0")}
+    profile = f"""{HEALTH.replace("interval: 0.5", "interval: 0")}
 models:
   m: {{upstream_model: sim-r1, backends: {backends_yaml([dead, sim.url])}}}
 """

@@ -29,7 +29,7 @@ def mgw(tmp_path: Path, sim: SimProcess) -> Iterator[tuple[GatewayServer, Path]]
     dead = f"http://127.0.0.1:{free_port()}"
     path = tmp_path / "p.yaml"
     path.write_text(f"""
-health: {{interval: 0.2, timeout: 0.5, eject_after: 1, cooloff: 30}}
+health: {{interval: 0.5, timeout: 0.5, eject_after: 1, cooloff: 30}}
 models:
   r1:
     upstream_model: sim-r1
@@ -131,12 +131,17 @@ def test_backend_up_retries_reloads_and_profile_info(mgw: tuple[GatewayServer, P
     # Probes off and no cool-off: the dead backend is tried again, and each try fails over.
     path.write_text(
         path.read_text()
-        .replace("interval: 0.2", "interval: 0")
+        .replace("interval: 0.5", "interval: 0")
         .replace("cooloff: 30", "cooloff: 0")
     )
     wait_for(
         lambda: value(scrape(gw.url), "gateway_profile_reloads_total", result="applied") == 1,
         "the reload",
+    )
+    # with probes off, the probe loop's next pass forgets their last verdict on `gone`
+    wait_for(
+        lambda: value(scrape(gw.url), "gateway_backend_up", model="pair", backend="gone") == 1,
+        "probes off",
     )
     path.write_text("models: [broken")
     wait_for(
