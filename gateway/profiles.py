@@ -498,6 +498,9 @@ class ProfileSet:
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     #: (sha256 digest, allowed models or None) from ``auth.keys_file``
     key_digests: tuple[tuple[bytes, frozenset[str] | None], ...] = ()
+    #: (path, content hash) of every file this snapshot was read from (the profile file and
+    #: its keys file): the watcher reloads only when one of them changed
+    sources: tuple[tuple[str, str], ...] = ()
 
     def backends(self) -> list[Backend]:
         """Every backend of every profile, once per URL."""
@@ -696,14 +699,17 @@ def _parse(text: str, source: str, resolver: TokenResolver | None) -> ProfileSet
     except ValidationError as exc:
         raise ProfileError([_describe(e) for e in exc.errors(include_url=False)]) from None
     version = content_version(text)
+    sources = [(source, version)]
     models = _resolve(spec, data, resolver)
     keys: tuple[tuple[bytes, frozenset[str] | None], ...] = ()
     if spec.auth.keys_file:
         keys_path = Path(spec.auth.keys_file)
         if not keys_path.is_absolute() and source not in ("<string>", "<test>", "<demo>"):
             keys_path = Path(source).parent / keys_path
-        keys = read_keys_file(keys_path, set(models))
+        base_models = {name for name in models if ":" not in name}
+        keys, keys_hash = read_keys_file(keys_path, base_models)
         version = content_version(text + "".join(d.hex() for d, _ in keys))
+        sources.append((str(keys_path), keys_hash))
     return ProfileSet(
         models=models,
         version=version,
@@ -711,14 +717,15 @@ def _parse(text: str, source: str, resolver: TokenResolver | None) -> ProfileSet
         health=spec.health,
         limits=spec.limits,
         key_digests=keys,
+        sources=tuple(sources),
     )
 
 
 def read_keys_file(
     path: Path, known_models: set[str]
-) -> tuple[tuple[bytes, frozenset[str] | None], ...]:
+) -> tuple[tuple[tuple[bytes, frozenset[str] | None], ...], str]:
     """``auth.keys_file``: ``<sha256 hex> [model,model]`` per line; ``#`` comments; at most
-    :data:`MAX_KEYS_FILE_BYTES` bytes."""
+    :data:`MAX_KEYS_FILE_BYTES` bytes. Returns the keys and the file's content hash."""
     text = read_bounded_text(path, MAX_KEYS_FILE_BYTES, "auth.keys_file: cannot read {path}: {why}")
     lines = text.splitlines()
     keys = []
@@ -738,6 +745,13 @@ def read_keys_file(
         models = None
         if rest.strip():
             models = frozenset(m.strip() for m in rest.split(",") if m.strip())
+            variants = sorted(m for m in models if ":" in m)
+            if variants:
+                errors.append(
+                    f"auth.keys_file line {n}: {', '.join(variants)}: name the model, its "
+                    "variants follow it"
+                )
+                continue
             unknown = sorted(models - known_models)
             if unknown:
                 errors.append(f"auth.keys_file line {n}: unknown model(s) {', '.join(unknown)}")
@@ -745,7 +759,7 @@ def read_keys_file(
         keys.append((raw, models))
     if errors:
         raise ProfileError(errors)
-    return tuple(keys)
+    return tuple(keys), content_version(text)
 
 
 def content_version(text: str) -> str:

@@ -24,7 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ProfileError
-from .profiles import ProfileSet, content_version, load_profiles, read_profile_text
+from .profile_yaml import read_bounded_text
+from .profiles import (
+    MAX_KEYS_FILE_BYTES,
+    ProfileSet,
+    content_version,
+    load_profiles,
+)
 from .tokens import TokenizerCache
 
 log = logging.getLogger("gateway.reload")
@@ -101,11 +107,15 @@ class ProfileStore:
             await self.reload(reason)
 
     def _changed(self) -> bool:
-        try:
-            text = read_profile_text(self.path or "")
-        except ProfileError:
-            return True  # let reload() report it
-        return content_version(text) != self.current.version
+        """Whether a file the current snapshot was read from (the profile file, its keys
+        file) changed: other files in the directory (a log file...) never cause a reload."""
+        for path, digest in self.current.sources or ((self.path or "", self.current.version),):
+            try:
+                if _file_hash(path) != digest:
+                    return True
+            except ProfileError:
+                return True  # let reload() report it
+        return False
 
     def start_watching(self, debounce_ms: int = 300) -> None:
         if self.path is None or self._watcher is not None:
@@ -164,11 +174,14 @@ class ProfileStore:
                 raise FileNotFoundError(f"{directory} was removed or replaced")
 
     def _differs(self) -> bool:
-        """The file is readable and not the one being served."""
+        """The files are readable and not the ones being served."""
         try:
-            return content_version(read_profile_text(self.path or "")) != self.current.version
+            for path, digest in self.current.sources or ((self.path or "", self.current.version),):
+                if _file_hash(path) != digest:
+                    return True
         except ProfileError:
             return False
+        return False
 
     async def aclose(self) -> None:
         self._stop.set()
@@ -177,3 +190,8 @@ class ProfileStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+
+
+def _file_hash(path: str) -> str:
+    """The content hash a source was loaded with (profile files and keys files alike)."""
+    return content_version(read_bounded_text(path, MAX_KEYS_FILE_BYTES, "{path}: {why}"))

@@ -156,3 +156,19 @@ def test_gateway_check_cli(tmp_path: Path, text: str | None, code: int) -> None:
     else:
         assert "models.r1.backends: list should have at least 1 item" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_keys_file_names_models_not_variants(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "keys").write_text(hashlib.sha256(b"k").hexdigest() + " r1:short\n")
+    (tmp_path / "p.yaml").write_text("""
+auth: {keys_file: keys}
+models:
+  r1:
+    backends: [{url: "http://127.0.0.1:9"}]
+    variants: {short: {defaults: {max_tokens: 5}}}
+""")
+    with pytest.raises(ProfileError) as exc:
+        load_profiles(tmp_path / "p.yaml")
+    assert "r1:short: name the model" in exc.value.errors[0]

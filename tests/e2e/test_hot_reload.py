@@ -214,3 +214,38 @@ models:
     with run_gateway(config=path, watch=False) as gw:
         httpx.post(gw.base_url + "/chat/completions", json={"model": "qwen", "messages": USER})
         assert fresh_sim.last_request()["stop_token_ids"] == [151645, 151643]
+
+
+def test_other_files_in_the_directory_cause_no_reload(tmp_path: Path, sim: SimProcess) -> None:
+    """With a keys file the served version hashes the keys too; comparing it with the
+    profile text alone made every event in the directory (a log file written beside the
+    profiles) a reload. Only the files a snapshot was read from count."""
+    import hashlib
+
+    keys = tmp_path / "keys.sha256"
+    keys.write_text(hashlib.sha256(b"sk-1").hexdigest() + "\n")
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+auth: {{keys_file: keys.sha256}}
+models:
+  r1: {{upstream_model: sim-r1, backends: [{{url: "{sim.url}"}}]}}
+""")
+    with run_gateway(config=config, admin_token="adm") as gw:
+
+        def counts() -> dict[str, int]:
+            r = httpx.get(gw.url + "/admin/profiles", headers={"Authorization": "Bearer adm"})
+            return r.json()["reloads"]  # type: ignore[no-any-return]
+
+        time.sleep(1.5)  # the watcher is up and caught up
+        before = counts()
+        log = tmp_path / "gateway.log"
+        for i in range(20):
+            with log.open("a") as f:
+                f.write(f"line {i}\n")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert counts() == before, "a log file beside the profiles caused reloads"
+        keys.write_text(keys.read_text() + hashlib.sha256(b"sk-2").hexdigest() + "\n")
+        wait_for(lambda: counts()["applied"] == before["applied"] + 1, "the keys change applied")
+        r = httpx.get(gw.base_url + "/models", headers={"Authorization": "Bearer sk-2"})
+        assert r.status_code == 200
