@@ -47,10 +47,16 @@ DERIVED: dict[str, dict[str, Any]] = {
     "r1-slow-start": {"timeouts": {"first_token": 1, "idle": 5, "total": 30}},
     # total deadline hit mid-stream
     "r1-short-total": {"timeouts": {"first_token": 10, "idle": 10, "total": 1.5}},
+    # no stop id: vLLM runs on into the end-of-sentence text, which the gateway's stop_text ends
+    "r1-textstop": {"stop_token_ids": []},
     "r1-rc": {"reasoning": {"fields": ["reasoning_content"]}},
     "r1-r": {"reasoning": {"fields": ["reasoning"]}},
     "r1-hide": {"reasoning": {"mode": "hide"}, "timeouts": {"heartbeat": 0.25}},
 }
+
+
+#: the shipped R1 profile in front of a vLLM started with --max-model-len 8192 (item 5)
+SHORT_CONTEXT = "r1-short-context"
 
 
 def in_ci() -> bool:
@@ -100,12 +106,13 @@ def node_setup() -> tuple[str, Path]:
     return node, d / "node"
 
 
-def profile_yaml(sim_url: str) -> str:
+def profile_yaml(sim_url: str, short_sim_url: str) -> str:
     doc = yaml.safe_load((ROOT / "model_profiles.yaml").read_text(encoding="utf-8"))
     for model in doc["models"].values():
         model["backends"] = [{"url": sim_url}]
     r1 = doc["models"][DEMO]
-    for name, changes in DERIVED.items():
+    derived = {**DERIVED, SHORT_CONTEXT: {"backends": [{"url": short_sim_url}]}}
+    for name, changes in derived.items():
         m = copy.deepcopy(r1)
         m.pop("variants", None)
         for key, value in changes.items():
@@ -126,9 +133,15 @@ def csim() -> Iterator[SimProcess]:
 
 
 @pytest.fixture(scope="module")
-def cgateway(csim: SimProcess) -> Iterator[GatewayServer]:
+def csim_short_context() -> Iterator[SimProcess]:
+    with run_sim(served_models(), "--max-model-len", "8192") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def cgateway(csim: SimProcess, csim_short_context: SimProcess) -> Iterator[GatewayServer]:
     with run_gateway(
-        profile_yaml(csim.url),
+        profile_yaml(csim.url, csim_short_context.url),
         api_keys=(API_KEY,),
         cors_origins=(ALLOWED_ORIGIN,),
         api_key_header=True,
