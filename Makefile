@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 VLLM_VENV ?= $(HOME)/.cache/gateway/vllm-venv
+CLIENTS_DIR ?= $(HOME)/.cache/gateway/clients
 PORT ?= 8080
 
-.PHONY: demo serve test test-fast test-container bench lint
+.PHONY: demo serve test test-fast test-container test-clients bench lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +28,9 @@ test: $(VENV)/.installed  ## the whole suite, real vLLM (CPU build) and containe
 	$(VENV)/bin/gateway check model_profiles.yaml > /dev/null
 	scripts/install-vllm.sh $(VLLM_VENV)
 	$(KUBECTL)
-	base=$$(scripts/container-base.sh) && \
+	base=$$(scripts/container-base.sh) && clients=$$(scripts/install-clients.sh $(CLIENTS_DIR)) && \
 	GATEWAY_CONTAINER_BASE=$$base GATEWAY_PROMTOOL=$$(scripts/install-promtool.sh) \
-	GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) \
+	GATEWAY_CHROMIUM=$$(scripts/install-chromium.sh || true) GATEWAY_CLIENTS_DIR=$$clients \
 	GATEWAY_REDIS_SERVER=$$(scripts/install-redis.sh) \
 	GATEWAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest
 
@@ -43,6 +44,10 @@ test-container: $(VENV)/.installed  ## only the image, compose and Kubernetes te
 	$(KUBECTL)
 	base=$$(scripts/container-base.sh) && \
 	GATEWAY_CONTAINER_BASE=$$base $(VENV)/bin/python -m pytest -m container
+
+test-clients: $(VENV)/.installed  ## only the client conformance suite (real client libraries)
+	clients=$$(scripts/install-clients.sh $(CLIENTS_DIR)) && \
+	GATEWAY_CLIENTS_DIR=$$clients $(VENV)/bin/python -m pytest -m clients tests/clients
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench.py --pin
