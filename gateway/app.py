@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -62,6 +63,11 @@ from .upstream import UpstreamClient
 log = logging.getLogger("gateway")
 
 _HOT_ROUTES: dict[str, Endpoint] = {path: ep for ep, path in ENDPOINT_PATHS.items()}
+#: Azure OpenAI's paths (``AzureOpenAI(base_url=...)``): the deployment names the model
+_AZURE_ROUTE = re.compile(
+    r"(?:/openai|/v1)?/deployments/(?P<model>[A-Za-z0-9._:-]{1,256})/(?P<route>chat/completions|completions)"
+)
+_AZURE_ENDPOINTS: dict[str, Endpoint] = {"chat/completions": "chat", "completions": "completions"}
 _OPENAPI_MODELS: dict[str, type[BaseModel]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
@@ -126,15 +132,24 @@ class GatewayApp:
                 await error_response(unknown)(scope, receive, send)
                 return
             endpoint = _HOT_ROUTES.get(path)
+            deployment = None
+            if endpoint is None and "/deployments/" in path:
+                m = _AZURE_ROUTE.fullmatch(path)
+                if m is not None:  # Azure OpenAI clients: the model is in the path
+                    endpoint = _AZURE_ENDPOINTS[m["route"]]
+                    deployment = m["model"]
             if endpoint is not None:
+                gateway: Gateway = self.api.state.gateway
                 if scope["method"] == "POST":
-                    gateway: Gateway = self.api.state.gateway
-                    await gateway.serve(scope, receive, send, endpoint)
+                    await gateway.serve(scope, receive, send, endpoint, deployment)
                 else:
                     exc = MethodNotAllowed(
                         f"Method {scope['method']} not allowed on {path}", "POST"
                     )
-                    await error_response(exc)(scope, receive, send)
+                    version = gateway.store.current.version
+                    response = error_response(exc)
+                    response.headers["x-gateway-profile-version"] = version
+                    await response(scope, receive, send)
                 return
         await self.api(scope, receive, send)
 

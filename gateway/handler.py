@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -41,7 +42,7 @@ from .errors import (
 from .metrics import GapCounts, GatewayMetrics, RequestRecord
 from .owner import Owner
 from .pool import BackendPool
-from .profiles import Backend, Profile
+from .profiles import Backend, Profile, ReasoningRules
 from .protocol import ENDPOINT_PATHS, FINISH_REPAIRS, Endpoint, render_error
 from .reload import ProfileStore
 from .security import Admission, Ticket
@@ -178,8 +179,16 @@ class Gateway:
 
     # -- the entrance ----------------------------------------------------------------------
 
-    async def serve(self, scope: Any, receive: Any, send: Any, endpoint: Endpoint) -> None:
-        """Serve one completion request; never raises for anything a request can do."""
+    async def serve(
+        self,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        endpoint: Endpoint,
+        deployment: str | None = None,
+    ) -> None:
+        """Serve one completion request; never raises for anything a request can do.
+        ``deployment``: the model named by an Azure-style path."""
         snapshot = self.store.current  # one snapshot for the whole request
         rid = request_id(scope["headers"])
         rec = RequestRecord(rid, endpoint)
@@ -198,7 +207,9 @@ class Gateway:
             try:
                 if self.shutting_down:
                     raise ServiceUnavailable("The gateway is shutting down; retry.")
-                ticket = await self.admission.admit(snapshot, scope, receive, endpoint, owner)
+                ticket = await self.admission.admit(
+                    snapshot, scope, receive, endpoint, owner, deployment
+                )
                 rec.model = ticket.profile.name
                 rec.stream = ticket.body.get("stream") is True
                 gauge = self.metrics.in_flight.labels(rec.model)
@@ -269,6 +280,7 @@ class Gateway:
     async def _proxy(self, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
         """Try backends until one answers (failover before the first byte), then answer."""
         profile, endpoint = t.profile, t.endpoint
+        reasoning = reasoning_rules(t)
         upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
         try:
             payload = orjson.dumps(upstream_body)
@@ -301,9 +313,9 @@ class Gateway:
             self.pool.success(backend)
             ex.headers.append((b"x-gateway-backend", backend.name.encode()))
             if isinstance(result, Opened):
-                await self._stream(result, t, rec, ex, total_deadline, wants_usage)
+                await self._stream(result, t, rec, ex, total_deadline, wants_usage, reasoning)
             else:
-                await self._json(result, profile, endpoint, rec, ex)
+                await self._json(result, profile, endpoint, rec, ex, reasoning)
             return
         if last is None:
             last = (
@@ -364,6 +376,7 @@ class Gateway:
         ex: Exchange,
         total_deadline: float,
         wants_usage: bool,
+        reasoning: ReasoningRules | None,
     ) -> None:
         profile = t.profile
         norm = StreamNormalizer(
@@ -372,7 +385,7 @@ class Gateway:
             stop_text=profile.stop_text,
             include_usage=wants_usage,
             n=choice_count(t.body),
-            reasoning=profile.reasoning,
+            reasoning=reasoning,
             assistant_prefix=profile.assistant_prefix,
             termination=profile.stream_termination,
         )
@@ -386,7 +399,13 @@ class Gateway:
         await ex.end(tail)
 
     async def _json(
-        self, raw: bytes, profile: Profile, endpoint: Endpoint, rec: RequestRecord, ex: Exchange
+        self,
+        raw: bytes,
+        profile: Profile,
+        endpoint: Endpoint,
+        rec: RequestRecord,
+        ex: Exchange,
+        reasoning: ReasoningRules | None,
     ) -> None:
         t0 = time.perf_counter()
         try:
@@ -411,7 +430,7 @@ class Gateway:
             public_model=profile.name,
             endpoint=endpoint,
             stop_text=profile.stop_text,
-            reasoning=profile.reasoning,
+            reasoning=reasoning,
             assistant_prefix=profile.assistant_prefix,
         )
         body = orjson.dumps(obj)
@@ -437,6 +456,26 @@ class Gateway:
             rec.ttft = norm.first_text_at - rec.started
         if norm.first_content_at is not None:
             rec.ttfc = norm.first_content_at - rec.started
+
+
+#: a request may ask for its reasoning in other fields than the profile's (comma-separated)
+REASONING_FIELD_HEADER = b"x-gateway-reasoning-field"
+_REASONING_FIELDS = frozenset({"reasoning_content", "reasoning"})
+
+
+def reasoning_rules(t: Ticket) -> ReasoningRules | None:
+    """The profile's reasoning rules, with the fields this request asked for, if it did."""
+    rules = t.profile.reasoning
+    wanted = t.headers.get(REASONING_FIELD_HEADER)
+    if rules is None or wanted is None:
+        return rules
+    fields = tuple(dict.fromkeys(f.strip() for f in wanted.decode("latin-1").split(",")))
+    if not fields or not _REASONING_FIELDS.issuperset(fields):
+        raise RequestError(
+            "x-gateway-reasoning-field: one or both of reasoning_content, reasoning",
+            param="x-gateway-reasoning-field",
+        )
+    return dataclasses.replace(rules, fields=fields)
 
 
 def choice_count(body: dict[str, Any]) -> int:

@@ -273,7 +273,7 @@ class ReasoningSpec(_Strict):
     starts_in_reasoning: bool = False
     #: delta/message fields that receive the reasoning text
     fields: list[str] = Field(
-        default_factory=lambda: ["reasoning_content", "reasoning"], min_length=1, max_length=8
+        default_factory=lambda: ["reasoning_content"], min_length=1, max_length=8
     )
     mode: Literal["split", "inline", "hide"] = "split"
     #: remove reasoning from earlier assistant turns before the request goes upstream

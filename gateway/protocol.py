@@ -197,7 +197,9 @@ _MODELS: dict[Endpoint, type[_Sampling]] = {
 }
 
 
-def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], int]:
+def parse_request(
+    raw: bytes, endpoint: Endpoint, deployment: str | None = None
+) -> tuple[dict[str, Any], int]:
     """Decode and validate a request body; return it as the plain dict the client sent,
     and its size in characters (see :func:`prompt_chars`).
 
@@ -209,6 +211,12 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], int]:
         raise RequestError(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError("Request body must be a JSON object")
+    if deployment is not None:  # an Azure-style path names the model
+        if data.setdefault("model", deployment) != deployment:
+            raise RequestError(
+                f"model: the path names deployment `{deployment}`, the body `{data['model']}`",
+                param="model",
+            )
     try:
         _MODELS[endpoint].model_validate(data)
     except ValidationError as exc:

@@ -300,6 +300,7 @@ class Admission:
         receive: Any,
         endpoint: Endpoint,
         owner: Owner,
+        deployment: str | None = None,
     ) -> Ticket:
         """Admit one completion request or raise the refusal. The concurrency slot is taken
         last, after the body arrived, and its release is pushed on ``owner``."""
@@ -313,7 +314,7 @@ class Admission:
         who = key.id if key else address
         if limits.key_rate:
             await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
-        body, chars = parse_request(await read_body(receive, limits), endpoint)
+        body, chars = parse_request(await read_body(receive, limits), endpoint, deployment)
         if body.get("stream") is True and scope.get("http_version") == "1.0":
             # an HTTP/1.0 client cannot read a chunked (streamed) answer
             raise RequestError(

@@ -451,21 +451,7 @@ def test_which_reasoning_field_the_library_reads(results: Any, client: str, fiel
 SHOWN_TWICE = {"openai-py", "openai-py2", "openai-node", "litellm", "litellm-openai", "agents"}
 
 
-@pytest.mark.parametrize(
-    "client",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 13 item 4: default reasoning fields send each piece twice",
-            ),
-        )
-        if c in SHOWN_TWICE
-        else c
-        for c in NAMES
-    ],
-)
+@pytest.mark.parametrize("client", NAMES)
 def test_reasoning_reaches_the_application_once(results: Any, client: str) -> None:
     for case in ("nonstream", "stream"):
         if case == "nonstream" and client in STREAM_ONLY:
@@ -544,11 +530,6 @@ def test_api_key_header_instead_of_authorization(results: Any) -> None:
     assert r["text"] == ANSWER, explain(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 10, beyond it: AzureOpenAI posts to "
-    "/deployments/{model}/chat/completions?api-version=..., which the gateway does not route",
-)
 def test_azure_client(results: Any) -> None:
     """``openai.AzureOpenAI(base_url=gateway)``: the api-key header and Azure's paths."""
     r = seen(results, "openai-py", "azure")

@@ -173,15 +173,20 @@ def test_curl_no_first_token_is_an_http_504(cgateway: GatewayServer) -> None:
     assert r.json()["error"]["code"] == "first_token_timeout"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 13 item 4: default fields send each reasoning piece twice"
-)
 def test_curl_each_reasoning_piece_in_one_field(cgateway: GatewayServer) -> None:
     events = curl(cgateway.base_url + "/chat/completions", chat()).events()
     fields = [{k for k in ("reasoning", "reasoning_content") if d.get(k)} for d in deltas(events)]
     assert all(len(f) <= 1 for f in fields), fields
     got = "".join(d.get("reasoning_content") or d.get("reasoning") or "" for d in deltas(events))
     assert got == REASONING
+    # a request may ask for the other field (or both)
+    other = curl(
+        cgateway.base_url + "/chat/completions",
+        chat(),
+        headers={"x-gateway-reasoning-field": "reasoning"},
+    ).events()
+    assert "".join(d.get("reasoning") or "" for d in deltas(other)) == REASONING
+    assert not any(d.get("reasoning_content") for d in deltas(other))
 
 
 @pytest.mark.parametrize("vllm_split", [False, True], ids=["gateway-split", "vllm-split"])
@@ -241,10 +246,6 @@ def test_curl_errors_carry_the_profile_version(
     assert good.headers["x-gateway-profile-version"] == version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 9: a 405 (GET on a completion route) has no x-gateway-profile-version",
-)
 @pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
 def test_curl_wrong_method_carries_the_profile_version(cgateway: GatewayServer, path: str) -> None:
     r = curl(cgateway.base_url + path, method="GET")

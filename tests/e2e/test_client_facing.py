@@ -168,3 +168,34 @@ def test_non_stream_abort_is_an_error_by_default(
     )
     assert resp.choices[0].finish_reason == "length"
     assert resp.choices[0].model_extra["upstream_finish_reason"] == "abort"  # type: ignore[index]
+
+
+def test_azure_deployment_paths_go_through_the_same_entrance(browser_gw: GatewayServer) -> None:
+    """``AzureOpenAI`` clients name the model in the path; the same admission applies."""
+    body = {"messages": USER}
+    for prefix in ("/openai", "/v1", ""):
+        url = f"{browser_gw.url}{prefix}/deployments/r1/chat/completions?api-version=2024-10-21"
+        assert httpx.post(url, json=body).status_code == 401  # keys still required
+        ok = httpx.post(url, json=body, headers={"api-key": "sk-plain"})
+        assert ok.status_code == 200 and ok.json()["model"] == "r1", ok.text
+    url = browser_gw.url + "/openai/deployments/r1/chat/completions"
+    mismatch = httpx.post(url, json={"model": "other", **body}, headers={"api-key": "sk-plain"})
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["param"] == "model"
+    absent = browser_gw.url + "/openai/deployments/nope/chat/completions"
+    assert httpx.post(absent, json=body, headers={"api-key": "sk-plain"}).status_code == 404
+    assert httpx.get(url, headers={"api-key": "sk-plain"}).status_code == 405
+
+
+def test_a_request_may_ask_for_its_reasoning_in_another_field(
+    gateway: GatewayServer, fresh_sim: SimProcess
+) -> None:
+    url = gateway.base_url + "/chat/completions"
+    body = {"model": "think", "messages": [{"role": "user", "content": "2+2?"}]}
+    default = httpx.post(url, json=body).json()["choices"][0]["message"]
+    assert default["reasoning_content"] and "reasoning" not in default  # one field by default
+    both = httpx.post(
+        url, json=body, headers={"x-gateway-reasoning-field": "reasoning,reasoning_content"}
+    ).json()["choices"][0]["message"]
+    assert both["reasoning"] == both["reasoning_content"] == default["reasoning_content"]
+    bad = httpx.post(url, json=body, headers={"x-gateway-reasoning-field": "content"})
+    assert bad.status_code == 400
