@@ -46,6 +46,11 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_up(url: str, timeout: float = 30) -> None:
     import urllib.request
 
@@ -130,7 +135,7 @@ async def main_async(args: argparse.Namespace, url: str, proxy_pid: int, health:
         )
         print(
             f"{'streams':>8}{'rss MiB':>9}{'KiB/stream':>11}{'ttft ms':>9}{'sim ttft':>9}"
-            f"{'backend':>9}{'err':>6}"
+            f"{'cpu %':>7}{'us/chunk':>9}{'backend':>9}{'err':>6}"
         )
         tasks: list[asyncio.Task[None]] = []
         for step in (int(s) for s in args.steps.split(",")):
@@ -141,13 +146,17 @@ async def main_async(args: argparse.Namespace, url: str, proxy_pid: int, health:
             deadline = time.monotonic() + 120
             while opened["n"] + errors["n"] < step and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+            c0, t0 = cpu_seconds(proxy_pid), time.monotonic()
             await asyncio.sleep(args.settle)
+            cpu = (cpu_seconds(proxy_pid) - c0) / (time.monotonic() - t0)
+            chunks = opened["n"] / args.token_delay  # each open stream: one chunk per delay
             rss = rss_kib(proxy_pid)
             t = statistics.median([await ttft() for _ in range(5)])
             d = statistics.median([await ttft(args.sim_url, direct_quick) for _ in range(5)])
             per = (rss - idle_rss) / max(1, opened["n"])
             print(
                 f"{opened['n']:>8}{rss / 1024:>9.1f}{per:>11.1f}{t:>9.2f}{d:>9.2f}"
+                f"{cpu * 100:>7.1f}{cpu / max(1.0, chunks) * 1e6:>9.1f}"
                 f"{await state():>9}{errors['n']:>6}"
             )
         for task in tasks:
@@ -163,6 +172,7 @@ def main() -> None:
     ap.add_argument("--target", choices=["gateway", "bare"], default="gateway")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds at each step")
     ap.add_argument("--pin", action="store_true")
+    ap.add_argument("--log", help="write the gateway's log (access log at info) to this file")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -188,10 +198,16 @@ def main() -> None:
             proxy += ["--upstream", f"http://127.0.0.1:{sim_port}"]
             args.model = "sim-r1"
             health = f"http://127.0.0.1:{sim_port}/health"
-        env = {**os.environ, "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_WATCH": "0"}
+        level = "info" if args.log else "warning"
+        env = {**os.environ, "GATEWAY_LOG_LEVEL": level, "GATEWAY_WATCH": "0"}
+        log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115
         try:
             procs.append(subprocess.Popen([*pin0, *sim], **quiet))  # type: ignore[call-overload]
-            procs.append(subprocess.Popen([*pin1, *proxy], env=env, **quiet))  # type: ignore[call-overload]
+            procs.append(
+                subprocess.Popen(  # type: ignore[call-overload]
+                    [*pin1, *proxy], env=env, **{**quiet, "stderr": log}
+                )
+            )
             wait_up(f"http://127.0.0.1:{sim_port}/health")
             wait_up(f"http://127.0.0.1:{proxy_port}/health")
             print(

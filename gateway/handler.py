@@ -211,7 +211,7 @@ class Gateway:
                     snapshot, scope, receive, endpoint, owner, deployment
                 )
                 rec.model = ticket.profile.name
-                rec.stream = ticket.body.get("stream") is True
+                rec.stream = ticket.stream
                 gauge = self.metrics.in_flight.labels(rec.model)
                 gauge.inc()
                 owner.push(gauge.dec)
@@ -282,6 +282,7 @@ class Gateway:
         profile, endpoint = t.profile, t.endpoint
         reasoning = reasoning_rules(t)
         upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
+        n_choices = choice_count(t.body)
         try:
             payload = orjson.dumps(upstream_body)
         except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
@@ -311,9 +312,13 @@ class Gateway:
                 last = exc
                 continue
             self.pool.success(backend)
+            # a stream can last minutes: nothing held for retries is needed any more
+            payload = upstream_body = b""  # type: ignore[assignment]
             ex.headers.append((b"x-gateway-backend", backend.name.encode()))
             if isinstance(result, Opened):
-                await self._stream(result, t, rec, ex, total_deadline, wants_usage, reasoning)
+                await self._stream(
+                    result, t, rec, ex, total_deadline, wants_usage, reasoning, n_choices
+                )
             else:
                 await self._json(result, profile, endpoint, rec, ex, reasoning)
             return
@@ -377,6 +382,7 @@ class Gateway:
         total_deadline: float,
         wants_usage: bool,
         reasoning: ReasoningRules | None,
+        n_choices: int,
     ) -> None:
         profile = t.profile
         norm = StreamNormalizer(
@@ -384,7 +390,7 @@ class Gateway:
             endpoint=t.endpoint,
             stop_text=profile.stop_text,
             include_usage=wants_usage,
-            n=choice_count(t.body),
+            n=n_choices,
             reasoning=reasoning,
             assistant_prefix=profile.assistant_prefix,
             termination=profile.stream_termination,

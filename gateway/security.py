@@ -244,6 +244,8 @@ class Ticket:
     body: dict[str, Any]
     headers: dict[bytes, bytes]
     endpoint: Endpoint
+    #: the client asked for a stream (``"stream": true``)
+    stream: bool = False
 
 
 class Admission:
@@ -329,4 +331,6 @@ class Admission:
         check_request(body, endpoint, profile, limits, chars)
         self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
         owner.push(self.gate.release, who)
-        return Ticket(snapshot, profile, key, body, headers, endpoint)
+        return Ticket(
+            snapshot, profile, key, body, headers, endpoint, stream=body.get("stream") is True
+        )

@@ -57,6 +57,18 @@ class _HeadRefused(Exception):
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounded request heads (see module doc)."""
 
+    # slots, not more entries in uvicorn's per-connection instance dict (memory per stream)
+    __slots__ = (
+        "_head_bytes",
+        "_head_count",
+        "_head_timer",
+        "_in_head",
+        "_limits",
+        "_parsed",
+        "_refusal",
+        "_running",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limits = self.app_state.get(LIMITS_KEY, _DEFAULT_LIMITS)
@@ -70,7 +82,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         #: bytes of the request line and headers parsed so far
         self._parsed = 0
         #: requests of this connection whose app task runs (pipelining: not only the last)
-        self._running: set[Any] = set()
+        self._running: list[Any] = []
 
     # -- connection ------------------------------------------------------------------------
 
@@ -90,8 +102,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        self._running = {c for c in self._running if not c.response_complete}
-        self._running.add(cycle)
+        self._running = [c for c in self._running if not c.response_complete]
+        self._running.append(cycle)
         super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:

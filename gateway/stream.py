@@ -526,12 +526,14 @@ async def relay(
     perf = time.perf_counter
     source, decoder = opened.source, opened.decoder
     events, eof = opened.first, opened.eof
+    opened.first = []  # not held for the rest of a long stream
     beat = timeouts.heartbeat
     event_deadline = total_deadline
     next_beat = loop.time() + beat if beat else float("inf")
     cause: str | None = None
     reuse = False
     last_event = perf()
+    dog = _Watchdog(loop)
     try:
         while True:
             if events:
@@ -563,8 +565,7 @@ async def relay(
                 # busy); only a read that waits is bounded by the next deadline
                 chunk = source.read_nowait()
                 if not chunk:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await source.read_chunk()
+                    chunk = await dog.read(source, deadline)
             except TimeoutError:
                 if deadline == total_deadline:
                     cause = "total_timeout"
@@ -586,8 +587,64 @@ async def relay(
                 await emit(norm.protocol_error(str(exc)))
                 break
     finally:
+        dog.close()
         source.close(reuse=reuse)
     return norm.close(cause)
+
+
+class _Watchdog:
+    """The deadline of a stream's reads, with one timer per stream instead of one per read.
+
+    A stream's deadline (the next of: idle, total, heartbeat) only moves later, so the timer
+    stays armed at an earlier time and, when it fires early, is re-armed at the current
+    deadline. It cancels the stream's task only while a read is pending (never a send), and
+    tells its own cancellation from anyone else's as ``asyncio.timeout`` does."""
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._fired = False
+
+    async def read(self, source: ChunkSource, deadline: float) -> bytes:
+        """``source.read_chunk()``, or ``TimeoutError`` at ``deadline`` (event-loop time)."""
+        if deadline <= self._loop.time():
+            raise TimeoutError
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        self._deadline = deadline
+        if self._handle is None or self._handle.when() > deadline:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._wake)
+        cancelling = task.cancelling()
+        try:
+            return await source.read_chunk()
+        except asyncio.CancelledError:
+            if self._fired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._fired = False
+            self._task = None
+
+    def _wake(self) -> None:
+        self._handle = None
+        if self._task is None:
+            return  # between reads: the next read arms it again
+        if self._loop.time() < self._deadline:  # the deadline moved on since it was armed
+            self._handle = self._loop.call_at(self._deadline, self._wake)
+            return
+        self._fired = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def normalize_response(

@@ -54,23 +54,32 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], _Make, _Make], ...] = (
 )
 
 
+def mapped(
+    exc: aiohttp.ClientError | OSError, backend: str, phase: Phase, connect_timeout: float = 0.0
+) -> UpstreamError:
+    """The gateway's error for an exception of the HTTP client (the one table)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout("connect", connect_timeout)
+    for exc_type, on_connect, on_read in _ERROR_TABLE:
+        if isinstance(exc, exc_type):
+            make = on_connect if phase == "connect" else on_read
+            what = "is unreachable" if phase == "connect" else "broke the connection"
+            return make(f"backend {backend} {what}: {exc.__class__.__name__}")
+    raise AssertionError("unreachable: the table ends with the base classes")
+
+
 @contextlib.contextmanager
 def map_client_errors(backend: str, phase: Phase, connect_timeout: float = 0.0) -> Iterator[None]:
     """Every exception of the HTTP client becomes an :class:`UpstreamError`
-    (``raise ... from exc``); anything else (our own bugs, cancellation) passes unchanged."""
+    (``raise ... from exc``); anything else (our own bugs, cancellation) passes unchanged.
+    (The per-chunk reads use :func:`mapped` in an ``except`` clause: the same table without
+    a context manager per read.)"""
     try:
         yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise UpstreamTimeout("connect", connect_timeout) from exc
     except UpstreamError:
         raise
     except (aiohttp.ClientError, OSError) as exc:
-        for exc_type, on_connect, on_read in _ERROR_TABLE:
-            if isinstance(exc, exc_type):
-                make = on_connect if phase == "connect" else on_read
-                what = "is unreachable" if phase == "connect" else "broke the connection"
-                raise make(f"backend {backend} {what}: {exc.__class__.__name__}") from exc
-        raise  # pragma: no cover -- the table ends with the base classes
+        raise mapped(exc, backend, phase, connect_timeout) from exc
 
 
 class Lease:
@@ -106,14 +115,18 @@ class UpstreamResponse:
     async def read_chunk(self) -> bytes:
         """The next bytes available; ``b""`` at the end of the body."""
         assert self._resp is not None, "read after close"
-        with map_client_errors(self.backend.name, "read"):
+        try:
             return await self._resp.content.readany()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise mapped(exc, self.backend.name, "read") from exc
 
     def read_nowait(self) -> bytes:
         """The bytes already received, without waiting; ``b""`` if none (or at the end)."""
         assert self._resp is not None, "read after close"
-        with map_client_errors(self.backend.name, "read"):
+        try:
             return self._resp.content.read_nowait()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise mapped(exc, self.backend.name, "read") from exc
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body; more than ``limit`` bytes is a protocol error."""
