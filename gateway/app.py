@@ -55,7 +55,7 @@ from .protocol import (
 )
 from .reload import ProfileStore
 from .security import allows, client_address, header_map
-from .server import LIMITS_KEY, SHUTDOWN_KEY, ServerLimits
+from .server import LIMITS_KEY, SHUTDOWN_KEY, ServerLimits, raise_fd_limit
 from .settings import Settings
 from .tokens import TokenizerCache
 from .upstream import UpstreamClient
@@ -201,6 +201,17 @@ def create_app(
                 )
             if settings.admin_token is None:
                 log.info("admin routes are off (set GATEWAY_ADMIN_TOKEN to enable /admin/*)")
+            fds = raise_fd_limit()
+            wanted = 2 * snapshot.limits.max_in_flight + 256
+            if fds < wanted:
+                log.warning(
+                    "open-file limit %d holds about %d streams (2 sockets each), less than "
+                    "limits.max_in_flight=%d: raise it (ulimit -n / the container's nofile) "
+                    "or lower the limit; past it new requests get 503 gateway_overloaded",
+                    fds,
+                    (fds - 256) // 2,
+                    snapshot.limits.max_in_flight,
+                )
             try:
                 # lifespan state: read by the guarded HTTP protocol (gateway.server)
                 yield {LIMITS_KEY: ServerLimits.from_settings(settings), SHUTDOWN_KEY: gateway}

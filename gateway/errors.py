@@ -12,6 +12,7 @@
     +-- MetricsAuthError              401: missing or wrong /metrics token
     +-- TooManyRequests               429: concurrency cap or rate limit (.retry_after)
     +-- ServiceUnavailable            503: the gateway is shutting down
+    |   +-- GatewayOverloaded         503: its upstream pool or file descriptors ran out
     +-- UpstreamError                 anything the backend did
         +-- UpstreamUnavailable       502: connect refused/reset before a response
         +-- UpstreamDisconnected      502: the connection broke while reading the body
@@ -110,16 +111,31 @@ class TooManyRequests(GatewayError):
     status = 429
     type = "rate_limit_error"
 
-    def __init__(self, message: str, code: str, retry_after: int) -> None:
+    def __init__(self, message: str, code: str, retry_after: int, limit: str = "rate") -> None:
         super().__init__(message)
         self.code = code
         self.retry_after = max(1, retry_after)
+        #: which limit refused it (a metric label): max_in_flight, key_max_in_flight, ...
+        self.limit = limit
 
 
 class ServiceUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "server_shutting_down"
+    limit = "shutdown"
+
+
+class GatewayOverloaded(ServiceUnavailable):
+    """A resource of the gateway itself ran out (its upstream connection pool, file
+    descriptors): a clear 503 at once, never a silent queue, and never the backend's fault."""
+
+    code = "gateway_overloaded"
+    retry_after = 1
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class UpstreamError(GatewayError):

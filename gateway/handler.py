@@ -29,6 +29,7 @@ import orjson
 from .errors import (
     ClientDisconnected,
     GatewayError,
+    GatewayOverloaded,
     RequestError,
     ServiceUnavailable,
     TimeoutPhase,
@@ -247,6 +248,7 @@ class Gateway:
         """The error boundary of a request."""
         if isinstance(exc, GatewayError):
             rec.error = exc.code
+            rec.limit = getattr(exc, "limit", None)
             if isinstance(exc, UpstreamTimeout) and rec.stream:
                 rec.cause = exc.code  # a stream that timed out before its first byte
             if exc.status >= 500:
@@ -346,6 +348,13 @@ class Gateway:
             first_token = asyncio.get_running_loop().time() + t.first_token
             if first_token < total_deadline:
                 deadline, phase, seconds = first_token, "first_token", t.first_token
+        cap = self.settings.max_upstream_connections
+        if cap and self.pool.leased >= cap:
+            raise GatewayOverloaded(
+                f"All {cap} upstream connections are in use (GATEWAY_MAX_UPSTREAM_CONNECTIONS); "
+                "retry shortly.",
+                "upstream_connections",
+            )
         resp = None
         try:
             async with asyncio.timeout_at(deadline):

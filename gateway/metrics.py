@@ -81,6 +81,8 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     reasoning_chars: int = 0
     error: str | None = None
+    #: the limit that refused the request (429/503), if one did
+    limit: str | None = None
 
 
 class GapCounts:
@@ -199,6 +201,12 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.limit_rejections = Counter(
+            "gateway_limit_rejections",
+            "Requests refused because a limit was reached (429/503), by limit",
+            ["limit"],
+            registry=r,
+        )
         self.retries = Counter(
             "gateway_upstream_retries", "Attempts on another backend", ["model"], registry=r
         )
@@ -251,6 +259,8 @@ class GatewayMetrics:
             self.stop_text.labels(m).inc(rec.stop_text_hits)
         if rec.retries:
             self.retries.labels(m).inc(rec.retries)
+        if rec.limit is not None:
+            self.limit_rejections.labels(rec.limit).inc()
         usage = rec.usage
         if usage:
             prompt = usage.get("prompt_tokens")

@@ -99,6 +99,8 @@ class BackendPool:
         self.health = health
         self._probe = probe
         self._clock = clock
+        #: leases held over all backends: upstream requests in flight
+        self.leased = 0
         self._states: dict[str, BackendState] = {}
         self._rings: dict[tuple[Backend, ...], HashRing] = {}
         self._task: asyncio.Task[None] | None = None
@@ -155,9 +157,11 @@ class BackendPool:
         only place ``outstanding`` changes."""
         st = self.state(backend)
         st.outstanding += 1
+        self.leased += 1
 
         def release() -> None:
             st.outstanding -= 1
+            self.leased -= 1
 
         return Lease(release)
 

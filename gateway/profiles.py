@@ -124,8 +124,10 @@ class LimitsSpec(_Strict):
     max_messages: int = Field(default=2048, ge=1, le=1_000_000)
     #: characters over all message contents (chat) or the prompt (completions)
     max_prompt_chars: int = Field(default=4_000_000, ge=1, le=1_000_000_000)
-    max_in_flight: int = Field(default=1024, ge=1, le=1_000_000)
-    key_max_in_flight: int = Field(default=256, ge=1, le=1_000_000)
+    #: requests in flight per replica (a thinking stream can last minutes: thousands is
+    #: normal); each holds two file descriptors (see the start-up capacity check)
+    max_in_flight: int = Field(default=8192, ge=1, le=1_000_000)
+    key_max_in_flight: int = Field(default=8192, ge=1, le=1_000_000)
     #: requests per key (per client address without keys), e.g. "600/minute"
     key_rate: str | None = Field(default=None, max_length=256)
     #: a backend's non-stream answer larger than this is refused (502)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import (
     GatewayError,
+    GatewayOverloaded,
     MethodNotAllowed,
     RequestError,
     TooManyRequests,
@@ -52,7 +53,7 @@ def render_error(exc: BaseException) -> tuple[int, bytes, list[tuple[bytes, byte
         body = error_body(exc.message, exc.type, code=exc.upstream_code, param=exc.param)
     elif isinstance(exc, GatewayError):
         body = error_body(exc.message, exc.type, code=exc.code, param=exc.param)
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, TooManyRequests | GatewayOverloaded):
             headers.append((b"retry-after", str(exc.retry_after).encode()))
         elif isinstance(exc, MethodNotAllowed):
             headers.append((b"allow", exc.allow.encode()))

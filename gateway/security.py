@@ -112,13 +112,17 @@ class ConcurrencyGate:
     def acquire(self, who: str, max_total: int, max_per_key: int) -> None:
         if self.total >= max_total:
             raise TooManyRequests(
-                "The gateway is at its concurrency limit; retry shortly.",
+                "The gateway is at its concurrency limit (limits.max_in_flight); retry shortly.",
                 "concurrency_limit_exceeded",
                 1,
+                "max_in_flight",
             )
         if self.per_key.get(who, 0) >= max_per_key:
             raise TooManyRequests(
-                "Too many concurrent requests for this API key.", "concurrency_limit_exceeded", 1
+                "Too many concurrent requests for this API key (limits.key_max_in_flight).",
+                "concurrency_limit_exceeded",
+                1,
+                "key_max_in_flight",
             )
         self.total += 1
         self.per_key[who] = self.per_key.get(who, 0) + 1
@@ -163,10 +167,12 @@ class RateLimiter:
             item = self._items[rate] = parse(rate)
         return item
 
-    async def _refuse(self, item: RateLimitItem, space: str, who: str, message: str) -> None:
+    async def _refuse(
+        self, item: RateLimitItem, space: str, who: str, message: str, limit: str = "key_rate"
+    ) -> None:
         stats = await self._limiter.get_window_stats(item, space, who)
         retry = math.ceil(stats.reset_time - time.time())
-        raise TooManyRequests(message, "rate_limit_exceeded", retry)
+        raise TooManyRequests(message, "rate_limit_exceeded", retry, limit)
 
     async def hit(self, rate: str, who: str) -> None:
         item = self._item(rate)
@@ -182,7 +188,11 @@ class RateLimiter:
         with self._fail_open():
             if not await self._limiter.test(item, "auth-failures", address):
                 await self._refuse(
-                    item, "auth-failures", address, "Too many failed authentications; retry later."
+                    item,
+                    "auth-failures",
+                    address,
+                    "Too many failed authentications; retry later.",
+                    "auth_failure_rate",
                 )
 
     async def record_failure(self, rate: str, address: str) -> None:

@@ -217,6 +217,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (the soft default, often
+    1024, would cap a gateway at about 500 streams: each holds a client and an upstream
+    socket). Returns the limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config`` / ``uvicorn.run`` (one place for all modes)."""
     trusted = settings.forwarded_allow_ips.strip()

@@ -14,6 +14,8 @@ following one would re-send the prompt to another origin.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Literal, Self
@@ -22,6 +24,7 @@ import aiohttp
 import orjson
 
 from .errors import (
+    GatewayOverloaded,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamProtocolError,
@@ -52,6 +55,27 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], _Make, _Make], ...] = (
     (aiohttp.ClientError, UpstreamProtocolError, UpstreamProtocolError),
     (OSError, UpstreamUnavailable, UpstreamDisconnected),
 )
+
+
+#: errnos that mean the gateway itself ran out of something (not the backend's fault)
+_LOCAL_EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@contextlib.contextmanager
+def _local_resources() -> Iterator[None]:
+    """Out of file descriptors (or buffers, memory) while connecting: a 503 of the
+    gateway's, which must not count against the backend's health."""
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, OSError) as exc:
+        code = getattr(getattr(exc, "os_error", exc), "errno", None)
+        if isinstance(code, int) and code in _LOCAL_EXHAUSTION:
+            fds = code in (errno.EMFILE, errno.ENFILE)
+            raise GatewayOverloaded(
+                f"The gateway is out of resources ({os.strerror(code)}); retry shortly.",
+                "file_descriptors" if fds else "system_resources",
+            ) from exc
+        raise
 
 
 def mapped(
@@ -240,7 +264,8 @@ class UpstreamClient:
         if request_id:
             headers["X-Request-Id"] = request_id
         try:
-            with map_client_errors(backend.name, "connect", connect_timeout):
+            # (inner first: our own exhaustion must not become the backend's error)
+            with map_client_errors(backend.name, "connect", connect_timeout), _local_resources():
                 resp = await self._session.post(
                     backend.url + path,
                     data=body,

@@ -203,7 +203,11 @@ def assert_well_ended(events: list[Any], n: int = 1) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def run_gateway_process(
-    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 40
+    config: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 40,
+    nofile: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``gateway serve`` as its own process on a free port (for RSS, signals, workers);
     waits for ``/health``; always stopped."""
@@ -222,6 +226,7 @@ def run_gateway_process(
             *args,
         ],
         env=full_env,
+        preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -301,3 +306,9 @@ def run_raw_backend(answer: Callable[[bytes], bytes]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _limit_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -337,3 +338,117 @@ def test_a_turn_of_a_million_think_tags_is_stripped_in_linear_time(tight: Gatewa
     out, _ = build_upstream_body(big, profile, "chat")
     assert time.monotonic() - t0 < 5
     assert out["messages"][1]["content"] == ""
+
+
+# -- the gateway's own limits say so ----------------------------------------------------------
+
+
+def test_limits_refuse_at_once_with_a_metric(sim: SimProcess) -> None:
+    """Concurrency caps and the upstream connection cap answer at once (429 / 503 with
+    Retry-After), never queue silently, and each refusal is counted by limit."""
+    import concurrent.futures
+
+    from tests.helpers import wait_for
+
+    slow = {"model": "r1", "messages": USER, "stream": True, "sim": {"token_delay": 0.1}}
+
+    def profile(limits: str) -> str:
+        return f"""
+health: {{interval: 0}}
+limits: {{{limits}}}
+models:
+  r1: {{upstream_model: sim-r1, backends: [{{url: "{sim.url}"}}]}}
+"""
+
+    cases = [
+        (
+            profile("max_in_flight: 100"),
+            {"max_upstream_connections": 2},
+            503,
+            "upstream_connections",
+        ),
+        (profile("max_in_flight: 2"), {}, 429, "max_in_flight"),
+    ]
+    for yaml_, settings, status, limit in cases:
+        with run_gateway(yaml_, **settings) as gw, concurrent.futures.ThreadPoolExecutor(2) as pool:
+            url = gw.base_url + "/chat/completions"
+            held = [pool.submit(httpx.post, url, json=slow, timeout=30) for _ in range(2)]
+            wait_for(lambda gw=gw: gw.gateway.pool.leased == 2, "two requests upstream")
+            t0 = time.monotonic()
+            refused = httpx.post(url, json=slow, timeout=10)
+            assert time.monotonic() - t0 < 1  # at once, not queued
+            assert refused.status_code == status and refused.headers["retry-after"] == "1"
+            err = refused.json()["error"]
+            assert limit in err["message"] or limit.upper() in err["message"] or status == 503
+            for f in held:
+                assert f.result().status_code == 200
+            assert value(scrape(gw.url), "gateway_limit_rejections_total", limit=limit) == 1
+
+
+def test_out_of_file_descriptors_is_a_503_not_the_backends_fault(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    """A gateway with a tiny open-file limit. Once descriptors run out, new connections are
+    reset at once (uvloop's reserved-descriptor trick: a refusal, not a queue); a request
+    whose connection took the last descriptor, so that its upstream connection cannot be
+    opened, gets 503 gateway_overloaded; and the backend stays healthy throughout."""
+    import socket as socket_
+
+    from tests.helpers import run_gateway_process
+
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+health: {{interval: 0, eject_after: 1, cooloff: 60}}
+models:
+  r1: {{upstream_model: sim-r1, backends: [{{url: "{sim.url}"}}]}}
+""")
+    body = orjson.dumps(
+        {"model": "r1", "messages": USER, "stream": True, "sim": {"token_delay": 0.2}}
+    )
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    streams: list[socket_.socket] = []
+    with run_gateway_process(config, nofile=64) as (url, _proc):
+        host, port = url.removeprefix("http://").split(":")
+
+        def stream() -> bytes:
+            s = socket_.create_connection((host, int(port)), timeout=3)
+            streams.append(s)  # every socket is closed at the end, whatever happened
+            s.sendall(request)
+            try:
+                return s.recv(4096)
+            except (TimeoutError, ConnectionResetError) as exc:
+                return repr(exc).encode()
+
+        try:
+            for _ in range(60):  # ~2 descriptors per stream
+                head = stream()
+                if not head.startswith(b"HTTP/1.1 200"):
+                    break
+            # out of descriptors: the connection is reset or closed at once, not queued
+            assert head == b"" or b"ConnectionResetError" in head, head[:80]
+            streams.pop().close()  # the refused one
+            streams.pop().close()  # a stream: frees two (client and upstream)
+            time.sleep(0.5)
+            idle = socket_.create_connection((host, int(port)), timeout=3)  # takes one
+            streams.append(idle)
+            time.sleep(0.3)
+            head = stream()  # its connection takes the last one: no upstream socket
+            while b"}}" not in head and head.startswith(b"HTTP/1.1 503"):
+                more = streams[-1].recv(4096)  # the JSON body may come in a second read
+                if not more:
+                    break
+                head += more
+            assert head.startswith(b"HTTP/1.1 503"), head[:200]
+            assert b"gateway_overloaded" in head and b"Too many open files" in head
+        finally:
+            for s in streams:
+                s.close()
+        time.sleep(0.5)
+        health = httpx.get(url + "/health").json()
+        assert all(b["state"] == "up" for b in health["backends"].values()), health
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "r1", "messages": USER})
+        assert r.status_code == 200  # and it serves again
