@@ -144,7 +144,7 @@ async def main_async(args: argparse.Namespace, url: str, proxy_pid: int, health:
                 if len(tasks) % 200 == 0:
                     await asyncio.sleep(0.05)  # let connections settle
             deadline = time.monotonic() + 120
-            while opened["n"] + errors["n"] < step and time.monotonic() < deadline:
+            while opened["n"] + errors["n"] < step and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             c0, t0 = cpu_seconds(proxy_pid), time.monotonic()
             await asyncio.sleep(args.settle)
@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true")
     ap.add_argument("--log", help="write the gateway's log (access log at info) to this file")
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.pin:
         os.sched_setaffinity(0, {0})
@@ -200,7 +200,7 @@ def main() -> None:
             health = f"http://127.0.0.1:{sim_port}/health"
         level = "info" if args.log else "warning"
         env = {**os.environ, "GATEWAY_LOG_LEVEL": level, "GATEWAY_WATCH": "0"}
-        log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115
+        log = open(args.log, "wb") if args.log else subprocess.DEVNULL
         try:
             procs.append(subprocess.Popen([*pin0, *sim], **quiet))  # type: ignore[call-overload]
             procs.append(
