@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from common import cpu_seconds, free_port, stop_all, wait_up
 
 ROOT = Path(__file__).resolve().parent.parent
 EOS = 151643
@@ -40,30 +40,6 @@ TOKENS = (
     + [[2000 + i, f" word{i}"] for i in range(32)]
     + [[EOS, "<｜end▁of▁sentence｜>"]]
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_up(url: str, timeout: float = 30) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def generated_text(line: bytes) -> bool:
@@ -263,13 +239,7 @@ def main() -> None:
                             f"p50: gateway {added:+.2f} ms, bare {added_bare:+.2f} ms"
                         )
         finally:
-            for p in procs.values():
-                p.terminate()
-            for p in procs.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs.values())
 
 
 if __name__ == "__main__":
