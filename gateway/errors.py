@@ -4,6 +4,7 @@
     +-- RequestError                  400: the client's request is invalid
     |   +-- ModelNotFound             404: no profile for the requested model
     |   +-- NotFound                  404: no such path
+    |   +-- ResponseNotFound          404: no stored response by that id (or not the key's)
     |   +-- MethodNotAllowed          405: the path exists, not for this method
     |   +-- RequestTimeout            408: the body did not arrive within limits.body_timeout
     |   +-- RequestTooLarge           413: body over limits.max_body_bytes
@@ -62,6 +63,18 @@ class ModelNotFound(RequestError):
 class NotFound(RequestError):
     status = 404
     code = "not_found"
+
+
+class ResponseNotFound(RequestError):
+    """As vLLM words it, for any id the gateway cannot place: unknown, not minted by a
+    gateway with this key, its backend or model gone, or a model the key may not use."""
+
+    status = 404
+    code = "response_not_found"
+
+    def __init__(self, response_id: str) -> None:
+        shown = response_id if len(response_id) <= 256 else response_id[:256] + "..."
+        super().__init__(f"Response with id '{shown}' not found.", param="response_id")
 
 
 class MethodNotAllowed(RequestError):

@@ -136,6 +136,70 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
+# -- the Responses API (#15): the fields the gateway reads or rewrites, typed as OpenAI
+# documents them; item types it does not touch pass through as objects
+
+
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "reasoning_text", "summary_text"})
+
+
+class ItemPart(_Open):
+    type: str = Field(min_length=1, max_length=64)
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part(self) -> ItemPart:
+        if self.type in _TEXT_PARTS and self.text is None:
+            raise ValueError(f"a {self.type} part needs a string `text`")
+        return self
+
+
+class InputItem(_Open):
+    """A message (``role`` + ``content``), a reasoning item, a function call or its output,
+    or any other item type (passed through)."""
+
+    type: str | None = Field(default=None, min_length=1, max_length=64)
+    role: str | None = Field(default=None, min_length=1, max_length=64)
+    content: str | list[ItemPart] | None = None
+    summary: list[ItemPart] | None = None
+    status: str | None = None
+    arguments: str | None = None
+    call_id: str | None = None
+    name: str | None = None
+
+
+class ReasoningOptions(_Open):
+    effort: str | None = None
+    summary: str | None = None
+
+
+class ResponsesRequest(_Open):
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[InputItem]
+    instructions: str | None = None
+    stream: bool | None = False
+    background: bool | None = False
+    store: bool | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    reasoning: ReasoningOptions | None = None
+    text: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
 #: a token id counts as this many characters towards ``limits.max_prompt_chars``
 CHARS_PER_TOKEN_ID = 4
 
@@ -156,12 +220,19 @@ def _text_chars(value: Any, depth: int = 0) -> int:
 
 def prompt_chars(body: dict[str, Any]) -> int:
     """What reaches the model, in characters: every string of the messages (or the prompt,
-    with :data:`CHARS_PER_TOKEN_ID` per token id), the tool and function definitions as
-    JSON, and a completion's ``suffix``."""
+    with :data:`CHARS_PER_TOKEN_ID` per token id; or a Responses request's input items and
+    instructions), the tool and function definitions as JSON, and a completion's
+    ``suffix``."""
     chars = 0
     messages = body.get("messages")
     if messages is not None:
         chars += _text_chars(messages)
+    items = body.get("input")  # Responses: input items (or a string) and the instructions
+    if items is not None:
+        chars += _text_chars(items)
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        chars += len(instructions)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         chars += len(prompt)
@@ -186,15 +257,21 @@ def prompt_chars(body: dict[str, Any]) -> int:
     return chars
 
 
-Endpoint = Literal["chat", "completions"]
-#: the OpenAI path of each endpoint (the same path on the gateway and on vLLM)
+#: ``responses_get`` / ``responses_cancel``: ``GET /v1/responses/{id}`` and
+#: ``POST /v1/responses/{id}/cancel`` (a stored response; no body to validate)
+Endpoint = Literal["chat", "completions", "responses", "responses_get", "responses_cancel"]
+#: the OpenAI path of each endpoint that takes a body (the same path on the gateway and on vLLM)
 ENDPOINT_PATHS: dict[Endpoint, str] = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
+    "responses": "/v1/responses",
 }
-_MODELS: dict[Endpoint, type[_Sampling]] = {
+#: the endpoints of a stored response, by the path's tail after the id
+STORED_ENDPOINTS: dict[str, Endpoint] = {"": "responses_get", "/cancel": "responses_cancel"}
+_MODELS: dict[Endpoint, type[_Open]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
+    "responses": ResponsesRequest,
 }
 
 

@@ -47,6 +47,10 @@ class Settings:
     #: serve the chat page at /playground and the index at / (``GATEWAY_PLAYGROUND=0`` turns
     #: both off: 404, like any unknown path)
     playground: bool = True
+    #: key of the tag that stored response ids carry to name their backend (#15); replicas
+    #: that share it resolve each other's ids. Unset: a public key (the tag then names no
+    #: address, but can confirm a guessed one)
+    response_id_key: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -61,7 +65,7 @@ class Settings:
                 raise SystemExit(
                     f"gateway: GATEWAY_{f.name.upper()}={raw!r} is not a valid {f.type}"
                 ) from None
-        for name in ("admin_token", "metrics_token"):
+        for name in ("admin_token", "metrics_token", "response_id_key"):
             value = values.get(name)
             if isinstance(value, str) and not value.strip():
                 raise SystemExit(f"gateway: GATEWAY_{name.upper()} is set but blank")

@@ -176,18 +176,19 @@ def check_request(
     contents and names, tool definitions and calls, image data URLs, ...) and 4 per token id.
     Raises :class:`RequestError` (400) naming the field."""
     apply_field_policy(body, profile.policy, profile.name)
-    if endpoint == "chat":
-        messages = body["messages"]
+    listed = "input" if endpoint == "responses" else "messages"
+    messages = body.get(listed)
+    if endpoint != "completions" and isinstance(messages, list):
         if len(messages) > limits.max_messages:
             raise RequestError(
-                f"messages: at most {limits.max_messages} messages, got {len(messages)}",
-                param="messages",
+                f"{listed}: at most {limits.max_messages} messages, got {len(messages)}",
+                param=listed,
             )
     if chars > limits.max_prompt_chars:
         raise RequestError(
             f"the request has {chars} characters of prompt, tools and other text, more than "
             f"the limit of {limits.max_prompt_chars}",
-            param="messages" if endpoint == "chat" else "prompt",
+            param="prompt" if endpoint == "completions" else listed,
         )
     n = body.get("n") or 1
     if n > profile.max_n:
@@ -196,7 +197,8 @@ def check_request(
     if limit is None:
         return
     asked = False
-    for key in ("max_tokens", "max_completion_tokens"):
+    keys = _TOKEN_LIMITS.get(endpoint, _TOKEN_LIMITS["chat"])
+    for key in keys:
         value = body.get(key)
         if value is None:
             continue
@@ -206,4 +208,12 @@ def check_request(
                 raise RequestError(f"{key}: at most {limit} for this model, got {value}", param=key)
             body[key] = limit
     if not asked:
-        body["max_tokens"] = limit
+        body[keys[0]] = limit
+
+
+#: the request fields that bound the answer's length, per endpoint (the first is set when the
+#: client sent none)
+_TOKEN_LIMITS = {
+    "chat": ("max_tokens", "max_completion_tokens"),
+    "responses": ("max_output_tokens",),
+}
