@@ -459,6 +459,32 @@ class StreamNormalizer:
         }
 
 
+class Normalizer(Protocol):
+    """What :func:`relay` drives and the handler accounts: :class:`StreamNormalizer`, or
+    another dialect's (``responses_stream.ResponsesStreamNormalizer``)."""
+
+    #: the client's stream ended before the upstream's; nothing more is read
+    ended: str | None
+    #: the upstream's own end arrived (EOF after it is a normal end)
+    saw_done: bool
+    overhead: float
+    cause: str | None
+    finishes: list[tuple[Any, str]]
+    usage: dict[str, Any] | None
+    stop_text_hits: int
+    first_text_at: float | None
+    first_content_at: float | None
+
+    @property
+    def reasoning_chars(self) -> int: ...
+
+    def feed(self, payload: bytes) -> list[bytes]: ...
+
+    def close(self, cause: str | None) -> bytes: ...
+
+    def protocol_error(self, message: str) -> bytes: ...
+
+
 class ChunkSource(Protocol):
     """What :func:`prime` and :func:`relay` read: an upstream body, chunk by chunk
     (:class:`upstream.UpstreamResponse`, or a fake in tests)."""
@@ -508,7 +534,7 @@ Emit = Callable[[bytes], Awaitable[None]]
 
 async def relay(
     opened: Opened,
-    norm: StreamNormalizer,
+    norm: Normalizer,
     timeouts: Timeouts,
     total_deadline: float,
     emit: Emit,
