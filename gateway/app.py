@@ -46,9 +46,11 @@ from .pool import BackendPool
 from .profiles import ProfileSet, load_profiles
 from .protocol import (
     ENDPOINT_PATHS,
+    STORED_ENDPOINTS,
     ChatCompletionRequest,
     CompletionRequest,
     Endpoint,
+    ResponsesRequest,
     error_body,
     inline_schema,
     render_error,
@@ -71,7 +73,23 @@ _AZURE_ENDPOINTS: dict[str, Endpoint] = {"chat/completions": "chat", "completion
 _OPENAPI_MODELS: dict[str, type[BaseModel]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
+    "responses": ResponsesRequest,
 }
+#: a stored response: ``/v1/responses/{id}`` and ``/v1/responses/{id}/cancel`` (#15)
+_STORED_PREFIX = "/v1/responses/"
+_STORED_METHODS = {"responses_get": "GET", "responses_cancel": "POST"}
+
+
+def stored_route(path: str) -> tuple[Endpoint, str] | None:
+    """``(endpoint, response id)`` for a stored-response path, else None."""
+    if not path.startswith(_STORED_PREFIX):
+        return None
+    rest = path[len(_STORED_PREFIX) :]
+    response_id, slash, tail = rest.partition("/")
+    endpoint = STORED_ENDPOINTS.get(slash + tail)
+    if endpoint is None or not response_id:
+        return None
+    return endpoint, response_id
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -150,6 +168,19 @@ class GatewayApp:
                     response = error_response(exc)
                     response.headers["x-gateway-profile-version"] = version
                     await response(scope, receive, send)
+                return
+            stored = stored_route(path)
+            if stored is not None:  # GET /v1/responses/{id}, POST .../{id}/cancel (#15)
+                endpoint, response_id = stored
+                method = _STORED_METHODS[endpoint]
+                if scope["method"] == method:
+                    scope = {**scope, "path_params": {"response_id": response_id}}
+                    await self.api.state.gateway.serve(scope, receive, send, endpoint)
+                else:
+                    exc = MethodNotAllowed(
+                        f"Method {scope['method']} not allowed on {path}", method
+                    )
+                    await error_response(exc)(scope, receive, send)
                 return
         await self.api(scope, receive, send)
 
@@ -395,5 +426,18 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     "responses": {"200": {"description": "a completion or an event stream"}},
                 }
             }
+        param = {
+            "name": "response_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+        answers = {"200": {"description": "the stored response"}}
+        schema["paths"]["/v1/responses/{response_id}"] = {
+            "get": {"operationId": "get_response", "parameters": [param], "responses": answers}
+        }
+        schema["paths"]["/v1/responses/{response_id}/cancel"] = {
+            "post": {"operationId": "cancel_response", "parameters": [param], "responses": answers}
+        }
         app.openapi_schema = schema
     return app.openapi_schema

@@ -46,9 +46,11 @@ from .pool import BackendPool
 from .profiles import Backend, Profile, ReasoningRules
 from .protocol import ENDPOINT_PATHS, FINISH_REPAIRS, Endpoint, render_error
 from .reload import ProfileStore
+from .responses_handler import proxy_responses
+from .responses_ids import ResponseIds
 from .security import Admission, Ticket
 from .settings import Settings
-from .stream import Opened, StreamNormalizer, normalize_response, prime, relay
+from .stream import Normalizer, Opened, StreamNormalizer, normalize_response, prime, relay
 from .transform import build_upstream_body
 from .upstream import UpstreamClient
 
@@ -78,7 +80,7 @@ class Exchange:
         #: why the request was cut short: "client_disconnect" | "shutdown"
         self.cut: str | None = None
         #: the stream being relayed, once there is one
-        self.norm: StreamNormalizer | None = None
+        self.norm: Normalizer | None = None
         task = asyncio.current_task()
         assert task is not None
         self.task = task
@@ -152,7 +154,9 @@ class Gateway:
         self.upstream = upstream
         self.pool = pool
         self.metrics = metrics
-        self.admission = Admission(settings.api_keys, settings.api_key_header)
+        #: stored-response ids name their backend (#15)
+        self.response_ids = ResponseIds(settings.response_id_key)
+        self.admission = Admission(settings.api_keys, settings.api_key_header, self.response_ids)
         self.shutting_down = False
         self._exchanges: set[Exchange] = set()
 
@@ -282,6 +286,9 @@ class Gateway:
     async def _proxy(self, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
         """Try backends until one answers (failover before the first byte), then answer."""
         profile, endpoint = t.profile, t.endpoint
+        if endpoint != "chat" and endpoint != "completions":
+            await proxy_responses(self, t, rec, ex, owner)  # the Responses API (#15)
+            return
         reasoning = reasoning_rules(t)
         upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
         n_choices = choice_count(t.body)
@@ -460,7 +467,7 @@ class Gateway:
         await ex.whole(200, body)
 
     @staticmethod
-    def _stream_record(rec: RequestRecord, norm: StreamNormalizer) -> None:
+    def _stream_record(rec: RequestRecord, norm: Normalizer) -> None:
         rec.overhead += norm.overhead
         rec.cause = norm.cause
         rec.finishes = norm.finishes

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -40,12 +41,14 @@ from .errors import (
     RequestError,
     RequestTimeout,
     RequestTooLarge,
+    ResponseNotFound,
     TooManyRequests,
 )
 from .owner import Owner
 from .profiles import LimitsSpec, Profile, ProfileSet
 from .protocol import Endpoint, parse_request
 from .ratestore import make_storage, redact
+from .responses_ids import ResponseIds
 from .transform import check_request
 
 log = logging.getLogger("gateway.security")
@@ -261,8 +264,15 @@ class Ticket:
 class Admission:
     """Keys, rate limits and concurrency caps of one process (see module doc)."""
 
-    def __init__(self, env_keys: tuple[str, ...] = (), api_key_header: bool = False) -> None:
+    def __init__(
+        self,
+        env_keys: tuple[str, ...] = (),
+        api_key_header: bool = False,
+        response_ids: ResponseIds | None = None,
+    ) -> None:
         self.gate = ConcurrencyGate()
+        #: places a stored response's id (its profile and backend)
+        self.response_ids = response_ids or ResponseIds()
         #: accept ``api-key: <key>`` (Azure style) as well as ``Authorization: Bearer``
         self.api_key_header = api_key_header
         self._env_keys = [ClientKey(digest(k)) for k in env_keys]
@@ -326,7 +336,15 @@ class Admission:
         who = key.id if key else address
         if limits.key_rate:
             await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
-        body, chars = parse_request(await read_body(receive, limits), endpoint, deployment)
+        raw = await read_body(receive, limits)
+        if endpoint == "responses_get" or endpoint == "responses_cancel":
+            stored, ref = self._stored(snapshot, scope, key)
+            self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
+            owner.push(self.gate.release, who)
+            return Ticket(
+                snapshot, stored, key, ref, headers, endpoint, stream=ref.get("stream") is True
+            )
+        body, chars = parse_request(raw, endpoint, deployment)
         if body.get("stream") is True and scope.get("http_version") == "1.0":
             # an HTTP/1.0 client cannot read a chunked (streamed) answer
             raise RequestError(
@@ -344,3 +362,21 @@ class Admission:
         return Ticket(
             snapshot, profile, key, body, headers, endpoint, stream=body.get("stream") is True
         )
+
+    def _stored(
+        self, snapshot: ProfileSet, scope: dict[str, Any], key: ClientKey | None
+    ) -> tuple[Profile, dict[str, Any]]:
+        """A stored response's profile, from its id (GET / cancel: no body to validate). An
+        id the gateway cannot place, or of a model the key may not use, is absent."""
+        response_id = str(scope.get("path_params", {}).get("response_id", ""))
+        located = self.response_ids.locate(snapshot, response_id)
+        if located is None or not allows(key, located[0].name):
+            raise ResponseNotFound(response_id)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if any(v.lower() in ("true", "1") for v in query.get("stream", ())):
+            raise RequestError(
+                "stream: replaying a response's events (GET with stream=true) is not served "
+                "by the gateway; GET the response without it.",
+                param="stream",
+            )
+        return located[0], {"response_id": response_id}

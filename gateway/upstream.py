@@ -241,14 +241,16 @@ class UpstreamClient:
         self,
         backend: Backend,
         path: str,
-        body: bytes,
+        body: bytes | None,
         lease: Lease,
         *,
         connect_timeout: float,
         request_id: str | None = None,
+        method: str = "POST",
     ) -> UpstreamResponse:
-        """POST ``body``; return the response once its headers arrived. The response owns
-        ``lease`` from then on; on any failure the lease is released here.
+        """POST ``body`` (or send ``method``: a stored response's GET); return the response
+        once its headers arrived. The response owns ``lease`` from then on; on any failure
+        the lease is released here.
 
         Raises :class:`UpstreamUnavailable` (cannot connect), :class:`UpstreamTimeout`
         (connect phase), :class:`UpstreamStatusError` (4xx/5xx) or
@@ -266,7 +268,8 @@ class UpstreamClient:
         try:
             # (inner first: our own exhaustion must not become the backend's error)
             with map_client_errors(backend.name, "connect", connect_timeout), _local_resources():
-                resp = await self._session.post(
+                resp = await self._session.request(
+                    method,
                     backend.url + path,
                     data=body,
                     headers=headers,

@@ -1,0 +1,281 @@
+"""Serving the Responses API (#15): ``POST /v1/responses`` and a stored response's ``GET`` and
+``cancel``, after :meth:`handler.Gateway.serve` admitted them (the same entrance, admission,
+owner, error boundary, metrics and access log as a chat completion).
+
+* create: the profile's transform (:mod:`responses`), failover before the first byte as for
+  chat, each attempt naming its response (:mod:`responses_ids`) so that the id the client
+  gets says which backend stores it; a ``previous_response_id`` pins the request to that
+  backend (no failover: no other backend knows the conversation). Streams are primed past
+  ``response.created`` (:func:`responses_stream.prime`) and relayed by :func:`stream.relay`
+  with a :class:`responses_stream.ResponsesStreamNormalizer`.
+* ``GET`` / ``cancel``: forwarded to the backend the id names (admission placed it and checked
+  the key may use its model), answered with the stored response normalized as a
+  non-stream answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import (
+    RequestError,
+    ResponseNotFound,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .metrics import GapCounts, RequestRecord
+from .owner import Owner
+from .profiles import Backend, Profile
+from .responses import (
+    STATUS_FINISH,
+    affinity_key,
+    build_upstream_body,
+    normalize_response,
+    usage_record,
+)
+from .responses_stream import ResponsesStreamNormalizer, prime
+from .security import Ticket, allows
+from .stream import Opened, relay
+
+if TYPE_CHECKING:
+    from .handler import Exchange, Gateway
+
+PATH = "/v1/responses"
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class RouteMissing(UpstreamStatusError):
+    """The backend has no ``/v1/responses`` (a server older than vLLM 0.10, or not vLLM)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            404,
+            "The model's backend does not serve the Responses API (/v1/responses); use "
+            "/v1/chat/completions, or a vLLM that serves it (0.10 or newer).",
+            code="responses_unsupported",
+        )
+
+
+async def proxy_responses(
+    gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner
+) -> None:
+    if t.endpoint == "responses":
+        await _create(gw, t, rec, ex, owner)
+    else:
+        await _stored(gw, t, rec, ex, owner)
+
+
+async def _create(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
+    profile = t.profile
+    body = build_upstream_body(t.body, profile)
+    backends: tuple[Backend, ...] = profile.backends
+    retries = profile.retries
+    sticky = affinity_key(profile, t.body, t.headers)
+    previous = t.body.get("previous_response_id")
+    if previous is not None:
+        # the conversation lives on one backend: only it can continue it
+        located = gw.response_ids.locate(t.snapshot, previous)
+        if located is None or not allows(t.key, located[0].name):
+            raise ResponseNotFound(previous)
+        url = located[1].url
+        backends = tuple(b for b in profile.backends if b.url == url)
+        if not backends:
+            raise ResponseNotFound(previous)
+        retries, sticky = 0, None
+    timeouts = profile.timeouts
+    loop = asyncio.get_running_loop()
+    total_deadline = loop.time() + timeouts.total
+    tried: set[str] = set()
+    last: UpstreamError | None = None
+    rec.overhead = time.perf_counter() - rec.started
+    for _ in range(1 + retries):
+        if loop.time() >= total_deadline:
+            break
+        backend = gw.pool.pick(backends, tried, sticky)
+        if backend is None:
+            break
+        tried.add(backend.url)
+        rec.backend = backend.name
+        rec.retries = len(tried) - 1
+        body["request_id"] = gw.response_ids.mint(profile, backend)
+        try:
+            payload = orjson.dumps(body)
+        except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
+            raise RequestError("The request body is nested too deeply.") from None
+        try:
+            result = await _attempt(gw, backend, t, PATH, payload, total_deadline, rec, owner)
+        except UpstreamError as exc:
+            if isinstance(exc, UpstreamStatusError) and exc.client_error:
+                raise _route_missing(exc) from None
+            gw.pool.failure(backend, exc.code or exc.message)
+            last = exc
+            continue
+        gw.pool.success(backend)
+        ex.headers.append((b"x-gateway-backend", backend.name.encode()))
+        if isinstance(result, Opened):
+            await _stream(gw, result, profile, t, rec, ex, total_deadline)
+        else:
+            await _json(result, profile, rec, ex)
+        return
+    if last is None:
+        last = (
+            UpstreamTimeout("total", timeouts.total)
+            if tried
+            else UpstreamUnavailable(f"no backend available for `{profile.name}`")
+        )
+    raise last
+
+
+def _route_missing(exc: UpstreamStatusError) -> UpstreamStatusError:
+    """A 404 without an OpenAI error body is a backend without the route, said plainly."""
+    if exc.status == 404 and exc.upstream_code == 404 and exc.message.endswith("answered 404"):
+        return RouteMissing()
+    return exc
+
+
+async def _attempt(
+    gw: Gateway,
+    backend: Backend,
+    t: Ticket,
+    path: str,
+    payload: bytes | None,
+    total_deadline: float,
+    rec: RequestRecord,
+    owner: Owner,
+    method: str = "POST",
+) -> Opened | bytes:
+    """One backend: a primed stream, or a whole body (as :meth:`handler.Gateway._attempt`,
+    with the Responses priming). Raises UpstreamError."""
+    timeouts = t.profile.timeouts
+    deadline, phase, seconds = total_deadline, "total", timeouts.total
+    if rec.stream:
+        first_token = asyncio.get_running_loop().time() + timeouts.first_token
+        if first_token < total_deadline:
+            deadline, phase, seconds = first_token, "first_token", timeouts.first_token
+    resp = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            resp = await gw.upstream.post(
+                backend,
+                path,
+                payload,
+                gw.pool.lease(backend),
+                connect_timeout=timeouts.connect,
+                request_id=rec.request_id,
+                method=method,
+            )
+            owner.push(resp.close)  # the owner's backstop; idempotent
+            if rec.stream:
+                return await prime(resp, deadline)
+            raw = await resp.read_all(t.snapshot.limits.max_upstream_body_bytes)
+        resp.close(reuse=True)
+        return raw
+    except TimeoutError:
+        if resp is not None:
+            resp.close()
+        raise UpstreamTimeout(
+            "first_token" if phase == "first_token" else "total", seconds
+        ) from None
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
+
+
+async def _stream(
+    gw: Gateway,
+    opened: Opened,
+    profile: Profile,
+    t: Ticket,
+    rec: RequestRecord,
+    ex: Exchange,
+    total_deadline: float,
+) -> None:
+    norm = ResponsesStreamNormalizer(
+        public_model=profile.name,
+        stop_text=profile.stop_text,
+        reasoning=profile.reasoning,
+        assistant_prefix=profile.assistant_prefix,
+        termination=profile.stream_termination,
+        max_chars=t.snapshot.limits.max_upstream_body_bytes,
+    )
+    ex.norm = norm
+    await ex.start(200, _SSE_HEADERS)
+    gaps = GapCounts()
+    try:
+        tail = await relay(opened, norm, profile.timeouts, total_deadline, ex.body, on_gap=gaps)
+    finally:
+        gaps.flush_into(gw.metrics.inter_chunk.labels(rec.model))
+    await ex.end(tail)
+
+
+async def _json(raw: bytes, profile: Profile, rec: RequestRecord, ex: Exchange) -> None:
+    t0 = time.perf_counter()
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError("upstream sent a response that is not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("output", []), list):
+        raise UpstreamProtocolError("upstream sent an unexpected response")
+    obj = normalize_response(obj, profile)
+    body = orjson.dumps(obj)
+    rec.overhead += time.perf_counter() - t0
+    status = obj.get("status")
+    finish = STATUS_FINISH.get(status) if isinstance(status, str) else None
+    if finish is not None:
+        gateway_stop = obj.get("gateway_termination") == "stop_text"
+        rec.finishes.append((None if gateway_stop else finish, finish))
+        rec.stop_text_hits += gateway_stop
+    rec.usage = usage_record(obj.get("usage"))
+    await ex.whole(200, body)
+
+
+async def _stored(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
+    """``GET /v1/responses/{id}`` or its ``cancel``, on the backend that stores it."""
+    response_id: str = t.body["response_id"]
+    located = gw.response_ids.locate(t.snapshot, response_id)
+    if located is None:  # admission placed it in this very snapshot
+        raise ResponseNotFound(response_id)
+    profile = t.profile
+    backend = next((b for b in profile.backends if b.url == located[1].url), located[1])
+    rec.backend = backend.name
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + profile.timeouts.total
+    cancel = t.endpoint == "responses_cancel"
+    path = f"{PATH}/{response_id}/cancel" if cancel else f"{PATH}/{response_id}"
+    try:
+        raw = await _attempt(
+            gw,
+            backend,
+            t,
+            path,
+            b"" if cancel else None,
+            deadline,
+            rec,
+            owner,
+            method="POST" if cancel else "GET",
+        )
+    except UpstreamError as exc:
+        if not (isinstance(exc, UpstreamStatusError) and exc.client_error):
+            gw.pool.failure(backend, exc.code or exc.message)
+        raise
+    assert isinstance(raw, bytes)
+    gw.pool.success(backend)
+    ex.headers.append((b"x-gateway-backend", backend.name.encode()))
+    await _json(raw, profile, rec, ex)
+
+
+def stored_id(scope: dict[str, Any]) -> str:
+    """The response id of a stored-response route (set by :class:`app.GatewayApp`)."""
+    return str(scope.get("path_params", {}).get("response_id", ""))
