@@ -94,6 +94,7 @@ def variants(path: str) -> list[str]:
 COMPLETIONS = {
     "/v1/chat/completions": {"model": "r1", "messages": USER},
     "/v1/completions": {"model": "r1", "prompt": "hi"},
+    "/v1/responses": {"model": "r1", "input": "hi"},
 }
 
 
@@ -146,6 +147,46 @@ def test_admin_paths_are_guarded_or_404(keyed: GatewayServer, path: str, with_to
             assert status == admitted, spelling
         else:
             assert status in (400, 404), (spelling, status)
+
+
+@pytest.mark.parametrize("tail", ["", "/cancel"])
+@pytest.mark.parametrize("with_key", [False, True])
+def test_every_spelling_of_a_stored_response_path_is_guarded_or_404(
+    keyed: GatewayServer, tail: str, with_key: bool
+) -> None:
+    made = httpx.post(
+        keyed.base_url + "/responses",
+        json={"model": "r1", "input": "hi"},
+        headers={"authorization": f"Bearer {KEY}"},
+    ).json()["id"]
+    path = f"/v1/responses/{made}{tail}"
+    method = "POST" if tail else "GET"
+    auth = f"Authorization: Bearer {KEY}\r\n".encode() if with_key else b""
+    for spelling in [path, *variants(path)]:
+        head = (
+            (
+                f"{method} {spelling} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n"
+            ).encode()
+            + auth
+            + b"\r\n"
+        )
+        answer = raw_request(keyed.url, head)
+        status = status_of(answer)
+        body = answer.partition(b"\r\n\r\n")[2]
+        if spelling in (path, path + "?x=1#frag"):
+            if not with_key:
+                assert status == 401, (spelling, answer[:200])
+            else:  # admitted, placed, asked of its backend (which stores nothing: vLLM's 404)
+                assert status == 404, (spelling, answer[:300])
+                assert orjson.loads(body)["error"]["code"] == 404
+        else:
+            # 404 (no route, or through admission an id nobody minted), a 400 from the HTTP
+            # parser, or the key check: never an answer from a backend
+            assert status in (400, 401, 404), (spelling, answer[:300])
+            if status == 404:
+                code = orjson.loads(body)["error"]["code"]
+                assert code in ("not_found", "response_not_found"), spelling
 
 
 def test_a_client_key_is_no_admin_token(keyed: GatewayServer) -> None:

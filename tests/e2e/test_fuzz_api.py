@@ -17,7 +17,7 @@ from tests.helpers import SimProcess, run_gateway
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
 def test_api_fuzz_no_gateway_500_and_openai_errors(sim: SimProcess, path: str) -> None:
     profile = f"""
 timeouts: {{first_token: 2, idle: 2, total: 5}}
