@@ -1,13 +1,17 @@
 """The fault matrix under load: every stream must end well whatever goes wrong around it.
 
 Starts two simulated vLLM backends and the gateway (``gateway serve``) on loopback, then runs
-``--streams`` concurrent clients for ``--seconds``. Each request draws a fault at random:
-upstream stalls before the first token or mid-stream, drops the connection, sends ``abort``,
-a ``null`` finish, no ``[DONE]``, a malformed chunk, an error event, a 503; the client may
-disconnect mid-stream or read slowly. It checks and prints:
+``--streams`` concurrent clients for ``--seconds``. Each request is a chat completion or a
+Responses API stream (``/v1/responses``) and draws a fault at random: upstream stalls before
+the first token or mid-stream, drops the connection, sends ``abort``, a ``null`` finish, no
+``[DONE]``, a malformed chunk, an error event, a 503; for Responses: no terminal event, two
+of them, a stream cut as vLLM cuts it on a generation error; the client may disconnect
+mid-stream or read slowly. It checks and prints:
 
 * every stream the client read to its end ended well: one final chunk per choice with an
-  OpenAI finish_reason and ``[DONE]``, or an error event and ``[DONE]``;
+  OpenAI finish_reason and ``[DONE]``, or an error event and ``[DONE]``; a Responses stream:
+  named events numbered from 0, ``response.created`` first and exactly one terminal event
+  (``response.completed`` / ``incomplete`` / ``failed``) last;
 * every non-200 answer is an OpenAI-style error, and none is a 500;
 * afterwards the in-flight gauge is 0 and no upstream stream is left open;
 * the gateway's RSS grew less than ``--max-rss-growth-mb``.
@@ -54,7 +58,21 @@ FAULTS: dict[str, dict[str, Any]] = {
     "status_503": {"status": 503},
     "keepalive": {"stall_after": 3, "stall_for": 0.4, "keepalive": 0.1},
 }
+RESPONSES_FAULTS: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "stall_first": {"first_token_delay": 3},
+    "stall_mid": {"stall_after": 5, "stall_for": 3},
+    "drop": {"drop_after": 6},
+    "no_terminal": {"finish": "omit"},
+    "two_terminals": {"finish": "twice"},
+    "malformed": {"malformed_after": 4},
+    "generation_error": {"error_after": 4},
+    "status_503": {"status": 503},
+    "keepalive": {"stall_after": 3, "stall_for": 0.4, "keepalive": 0.1},
+}
 CLIENTS = ("read_all", "read_all", "read_all", "disconnect", "slow")
+APIS = ("chat", "chat", "responses")
+TERMINALS = {"response.completed", "response.incomplete", "response.failed"}
 
 
 def free_port() -> int:
@@ -92,23 +110,58 @@ def check_stream(raw: bytes) -> str | None:
     return None
 
 
+def check_responses_stream(raw: bytes) -> str | None:
+    """None if a Responses stream ended well, else what was wrong."""
+    if not raw.endswith(b"\n\n"):
+        return "truncated frame"
+    events = []
+    for block in raw.split(b"\n\n")[:-1]:
+        lines = [ln for ln in block.split(b"\n") if not ln.startswith(b":")]
+        if not lines:
+            continue
+        if len(lines) != 2 or not lines[0].startswith(b"event: "):
+            return "bad SSE block"
+        if not lines[1].startswith(b"data: "):
+            return "bad SSE line"
+        try:
+            event = orjson.loads(lines[1][6:])
+        except orjson.JSONDecodeError:
+            return "unreadable event"
+        if lines[0][7:].decode() != event.get("type"):
+            return "event name and type differ"
+        events.append(event)
+    if not events or events[0].get("type") != "response.created":
+        return "no response.created first"
+    if [e.get("sequence_number") for e in events] != list(range(len(events))):
+        return "sequence numbers not 0, 1, ..."
+    terminals = [e for e in events if e["type"] in TERMINALS]
+    if len(terminals) != 1 or events[-1] is not terminals[0]:
+        return f"{len(terminals)} terminal events"
+    return None
+
+
 async def one(
     session: aiohttp.ClientSession,
     url: str,
     rng: random.Random,
     stats: dict[str, collections.Counter[str]],
 ) -> None:
-    fault = rng.choice(list(FAULTS))
+    api = rng.choice(APIS)
+    table = RESPONSES_FAULTS if api == "responses" else FAULTS
+    fault = rng.choice(list(table))
     client = rng.choice(CLIENTS)
-    body = {
-        "model": "r1",
-        "messages": [{"role": "user", "content": "2+2?"}],
-        "stream": True,
-        "sim": {**FAULTS[fault], "token_delay": 0.01},
-    }
-    key = f"{fault}/{client}"
+    body: dict[str, Any] = {"model": "r1", "stream": True}
+    body["sim"] = {**table[fault], "token_delay": 0.01}
+    if api == "responses":
+        body["input"] = "2+2?"
+        target = url + "/v1/responses"
+    else:
+        body["messages"] = [{"role": "user", "content": "2+2?"}]
+        target = url + "/v1/chat/completions"
+    stats["api"][api] += 1
+    key = f"{api}:{fault}/{client}"
     try:
-        async with session.post(url, json=body) as r:
+        async with session.post(target, json=body) as r:
             if r.status != 200:
                 payload = await r.read()
                 try:
@@ -135,7 +188,8 @@ async def one(
                 chunks.append(chunk)
                 if client == "slow":
                     await asyncio.sleep(0.02)
-            problem = check_stream(b"".join(chunks))
+            check = check_responses_stream if api == "responses" else check_stream
+            problem = check(b"".join(chunks))
             stats["result"]["well_ended" if problem is None else "BAD_stream"] += 1
             if problem is not None:
                 stats["bad"][f"{key}: {problem}"] += 1
@@ -255,11 +309,10 @@ models:
                         raise
                     time.sleep(0.2)
             gw = psutil.Process(procs[-1].pid)
-            api = gw_url + "/v1/chat/completions"
-            asyncio.run(drive(api, min(args.streams, 20), 1.0, args.seed + 1))  # warm-up
+            asyncio.run(drive(gw_url, min(args.streams, 20), 1.0, args.seed + 1))  # warm-up
             rss0 = gw.memory_info().rss
             t0 = time.monotonic()
-            stats = asyncio.run(drive(api, args.streams, args.seconds, args.seed))
+            stats = asyncio.run(drive(gw_url, args.streams, args.seconds, args.seed))
             elapsed = time.monotonic() - t0
             time.sleep(1.5)  # let closes and disconnects settle
             rss1 = gw.memory_info().rss
@@ -290,6 +343,7 @@ models:
         "requests": total,
         "requests_per_s": round(total / elapsed, 1),
         "status": stats.get("status", {}),
+        "apis": stats.get("api", {}),
         "results": stats.get("result", {}),
         "bad": stats.get("bad", {}),
         "in_flight_after": in_flight,

@@ -1,5 +1,6 @@
-"""A short run of the fault matrix (bench/faults.py): 200 concurrent streams under random
-upstream and client faults, every one well-ended, nothing left behind."""
+"""A short run of the fault matrix (bench/faults.py): 200 concurrent streams (chat
+completions and Responses) under random upstream and client faults, every one well-ended,
+nothing left behind."""
 
 from __future__ import annotations
 
@@ -39,3 +40,4 @@ def test_fault_matrix_short_run() -> None:
     results = summary["results"]
     assert results["well_ended"] > 100 and results["client_left"] > 0
     assert results["error_json_ok"] > 0 and "500" not in summary["status"]
+    assert summary["apis"]["responses"] > 50 and summary["apis"]["chat"] > 100
