@@ -2,7 +2,7 @@
 through the gateway, as an application uses it. Runs in the client environment (openai-agents
 is not a dependency of the gateway); prints one JSON object with what the application saw.
 
-    python agents_driver.py <base_url> <api_key> <model> <cut_model>
+    python agents_driver.py <base_url> <api_key> <model> <cut_model> [notools]
 """
 
 from __future__ import annotations
@@ -46,7 +46,25 @@ def reasoning_texts(items: list[Any]) -> list[str]:
     return out
 
 
-async def main(base_url: str, key: str, model: str, cut_model: str) -> dict[str, Any]:
+async def tool_call(model: str) -> dict[str, Any]:
+    agent = Agent(
+        name="calculator",
+        instructions="Use the tool.",
+        model=model,
+        tools=[add],
+        model_settings=ModelSettings(tool_choice="required"),
+    )
+    t = await Runner.run(agent, "Add 2 and 3.", max_turns=4)
+    return {
+        "text": t.final_output,
+        "calls": CALLS,
+        "outputs": [str(i.output) for i in t.new_items if isinstance(i, ToolCallOutputItem)],
+    }
+
+
+async def main(
+    base_url: str, key: str, model: str, cut_model: str, tools: bool = True
+) -> dict[str, Any]:
     client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30)
     set_default_openai_client(client, use_for_tracing=False)
     set_default_openai_api("responses")
@@ -77,19 +95,7 @@ async def main(base_url: str, key: str, model: str, cut_model: str) -> dict[str,
                 deltas += ev.data.delta
     out["stream"] = {"text": s.final_output, "deltas": deltas, "events": kinds}
     # a tool: the model must call it, the agent runs it and sends back its output
-    tool_agent = Agent(
-        name="calculator",
-        instructions="Use the tool.",
-        model=model,
-        tools=[add],
-        model_settings=ModelSettings(tool_choice="required"),
-    )
-    t = await Runner.run(tool_agent, "Add 2 and 3.", max_turns=4)
-    out["tool"] = {
-        "text": t.final_output,
-        "calls": CALLS,
-        "outputs": [str(i.output) for i in t.new_items if isinstance(i, ToolCallOutputItem)],
-    }
+    out["tool"] = await tool_call(model) if tools else None
     # a stream the gateway cuts after its first byte: the application must get an error
     stall = ModelSettings(extra_body={"sim": {"stall_after": 18, "stall_for": 30}})
     cut_agent = agent.clone(model=cut_model, model_settings=stall)
@@ -105,4 +111,5 @@ async def main(base_url: str, key: str, model: str, cut_model: str) -> dict[str,
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(*sys.argv[1:5]))))
+    args = sys.argv[1:]
+    print(json.dumps(asyncio.run(main(*args[:4], tools="notools" not in args[4:]))))
