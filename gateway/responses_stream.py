@@ -58,6 +58,9 @@ TERMINALS = frozenset(TERMINAL_BY_STATUS.values())
 _SAFE_TYPE = re.compile(r"[A-Za-z0-9._\-]{1,96}")
 #: the most text (characters) one stream may accumulate (it is repeated in the final events)
 MAX_STREAM_CHARS = 32 * 1024 * 1024
+#: the most output items one stream may open (vLLM opens one per reasoning block, message or
+#: tool call)
+MAX_ITEMS = 4096
 
 
 def frame(event: Event) -> bytes:
@@ -74,7 +77,7 @@ def derived_id(prefix: str, response_id: Any, index: int) -> str:
 class _Item:
     """One output item as the client sees it."""
 
-    __slots__ = ("done", "id", "index", "item", "kind", "part", "text")
+    __slots__ = ("done", "id", "index", "item", "kind", "part", "status", "text")
 
     def __init__(self, kind: str, index: int, item: Event, part: Event | None = None) -> None:
         #: "message" | "reasoning": built here; "pass": upstream's, passed on
@@ -85,6 +88,8 @@ class _Item:
         self.part = part
         self.text: list[str] = []
         self.done = False
+        #: the status its done event gave it
+        self.status = "completed"
 
     def final(self, status: str) -> Event:
         if self.kind == "pass":
@@ -267,6 +272,8 @@ class ResponsesStreamNormalizer:
         item = obj.get("item")
         if not isinstance(item, dict) or oi in self._slots:
             return self._fail_protocol("upstream sent an unexpected output item")
+        if len(self._slots) >= MAX_ITEMS:
+            return self._fail_protocol(f"upstream opened more than {MAX_ITEMS} output items")
         kind = item.get("type")
         rules = self.rules
         if kind == "message":
@@ -468,6 +475,7 @@ class ResponsesStreamNormalizer:
 
     def _done_events(self, item: _Item, status: str) -> list[bytes]:
         item.done = True
+        item.status = status
         text = "".join(item.text)
         final = item.final(status)
         if item.kind == "message":
@@ -601,7 +609,7 @@ class ResponsesStreamNormalizer:
         status = response.get("status")
         self._unterminated_answers(status, frames)
         response["model"] = self.public_model
-        response["output"] = [item.final("completed") for item in self._items]
+        response["output"] = [item.final(item.status) for item in self._items]
         kind = TERMINAL_BY_STATUS.get(status) if isinstance(status, str) else None
         obj["type"] = kind or obj["type"]
         obj["response"] = response
@@ -622,7 +630,7 @@ class ResponsesStreamNormalizer:
         base["incomplete_details"] = None
         base["usage"] = None
         base["output"] = [
-            item.final("completed" if item.done else open_status) for item in self._items
+            item.final(item.status if item.done else open_status) for item in self._items
         ]
         return base
 
@@ -675,7 +683,7 @@ class ResponsesStreamNormalizer:
                         return b"".join(frames)
             for item in self._items:
                 if item.kind == "pass" and not item.done:
-                    item.done = True
+                    item.done, item.status = True, "incomplete"
             response = self._final_response("incomplete", "incomplete")
             response["incomplete_details"] = {"reason": cause}
             response["gateway_termination"] = cause

@@ -505,6 +505,23 @@ def test_broken_upstream_events_end_failed() -> None:
     assert check_contract(events_of(norm.protocol_error("too large") + norm.close(None)))
 
 
+def test_an_upstream_that_never_stops_opening_items_is_cut() -> None:
+    good = upstream_events(ANSWERED)
+    added = {
+        "item": {"id": "fc", "type": "function_call", "arguments": ""},
+        "output_index": 0,
+        "type": "response.output_item.added",
+    }
+    flood = [orjson.dumps({**added, "output_index": i}) for i in range(5000)]
+    norm = ResponsesStreamNormalizer(public_model="r1")
+    terminal = check_contract(events_of(run(norm, [*good[:2], *flood])))
+    assert terminal["response"]["error"]["code"] == "upstream_protocol_error"
+    assert len(terminal["response"]["output"]) == 4096
+    norm = ResponsesStreamNormalizer(public_model="r1", max_chars=10)
+    terminal = check_contract(events_of(run(norm, good)))
+    assert terminal["response"]["error"]["code"] == "upstream_protocol_error"
+
+
 def test_the_client_gets_nothing_after_it_left() -> None:
     norm = ResponsesStreamNormalizer(public_model="r1")
     run(norm, upstream_events(ANSWERED)[:8])
