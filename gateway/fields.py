@@ -45,16 +45,24 @@ DENIED_FIELD_REASONS: dict[str, str] = {
     "priority": "the scheduling priority: a client could jump the queue (or fail every "
     "request on a server without priority scheduling)",
     "return_prompt_text": "returns the rendered prompt, template text included",
+    # the Responses API's (vLLM 0.32's ResponsesRequest)
+    "enable_response_messages": "returns the rendered prompt and the raw output tokens, "
+    "template text included",
+    "previous_input_messages": "raw (harmony) messages that bypass the input items and the "
+    "profile's prompt rules",
 }
 DEFAULT_DENIED_FIELDS = frozenset(DENIED_FIELD_REASONS)
 #: the request's own fields: never denied, and a profile's defaults/overrides cannot set them
 #: (the gateway reads them from the client and must agree with what goes upstream)
-ALWAYS_ALLOWED = frozenset({"model", "messages", "prompt", "stream", "stream_options"})
-GATEWAY_OWNED_FIELDS = ALWAYS_ALLOWED | {"n"}
+ALWAYS_ALLOWED = frozenset(
+    {"model", "messages", "prompt", "stream", "stream_options", "input", "instructions"}
+)
+GATEWAY_OWNED_FIELDS = ALWAYS_ALLOWED | {"n", "previous_response_id"}
 #: content-part types (and keys of untyped parts) that carry a URL vLLM fetches
 _URL_PARTS = {
     "image_url": "image_url",
     "input_image": "image_url",
+    "input_file": "file_url",
     "audio_url": "audio_url",
     "video_url": "video_url",
 }
@@ -98,12 +106,13 @@ def apply_field_policy(body: dict[str, Any], policy: FieldPolicy, model: str) ->
         del body[name]
     for name in [k for k, v in body.items() if v is None and policy.denies(k)]:
         del body[name]  # null: as if not sent, and nothing of it goes upstream
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        check_media(messages, policy)
+    for key in ("messages", "input"):  # chat messages, Responses input items
+        messages = body.get(key)
+        if isinstance(messages, list):
+            check_media(messages, policy, key)
 
 
-def check_media(messages: Iterable[Any], policy: FieldPolicy) -> None:
+def check_media(messages: Iterable[Any], policy: FieldPolicy, field: str = "messages") -> None:
     """Content parts: media URLs must be ``data:`` (or ``http(s)`` with ``remote_media``);
     embedding parts need ``embeddings``."""
     for i, message in enumerate(messages):
@@ -113,7 +122,7 @@ def check_media(messages: Iterable[Any], policy: FieldPolicy) -> None:
         for j, part in enumerate(content):
             if not isinstance(part, dict):
                 continue
-            where = f"messages.{i}.content.{j}"
+            where = f"{field}.{i}.content.{j}"
             kind = part.get("type")
             if not policy.embeddings and (
                 kind in _EMBED_PARTS or (kind is None and _EMBED_PARTS & part.keys())

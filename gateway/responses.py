@@ -4,9 +4,9 @@ and from vLLM's answer (a response object) to the client's.
 The request, in the order of :mod:`transform` for chat:
 
 1. ``model`` becomes the profile's ``upstream_model``.
-2. ``defaults`` fill absent fields and ``overrides`` replace fields, under their Responses
-   names (:data:`RENAMED`: ``max_tokens`` / ``max_completion_tokens`` set
-   ``max_output_tokens``, ``reasoning_effort`` sets ``reasoning.effort``).
+2. ``defaults`` fill absent fields and ``overrides`` replace fields (``null`` removes one),
+   under their Responses names (:data:`RENAMED`: ``max_tokens`` / ``max_completion_tokens``
+   set ``max_output_tokens``, ``reasoning_effort`` sets ``reasoning.effort``).
 3. ``stop_token_ids``: the client's, then the profile's, without duplicates.
 4. Prompt rules on the input items: reasoning history hygiene (``reasoning`` items dropped,
    ``<think>`` blocks and reasoning fields removed from earlier assistant messages), the
@@ -146,6 +146,9 @@ def build_upstream_body(body: dict[str, Any], profile: Profile) -> dict[str, Any
     out["model"] = profile.upstream_model
     _apply_fields(out, profile.defaults, override=False)
     _apply_fields(out, profile.overrides, override=True)
+    for key in profile.remove:  # ``overrides: {field: null}``
+        out.pop(key, None)
+        out.pop(RENAMED.get(key, key), None)
     if profile.stop_token_ids:
         client_ids = out.get("stop_token_ids") or []
         out["stop_token_ids"] = list(dict.fromkeys([*client_ids, *profile.stop_token_ids]))

@@ -14,7 +14,7 @@ from openai._models import construct_type
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
-from gateway.errors import RequestError
+from gateway.errors import ProfileError, RequestError
 from gateway.profiles import LimitsSpec, ReasoningRules, parse_profiles
 from gateway.protocol import parse_request
 from gateway.responses import build_upstream_body, normalize_response
@@ -214,6 +214,16 @@ def test_reasoning_history_is_removed_from_input_items() -> None:
         {"model": "r1", "input": items}, profile("reasoning: {strip_history: false}")
     )
     assert kept["input"] == items
+
+
+def test_a_profile_cannot_set_the_requests_own_responses_fields() -> None:
+    for field in ("input", "instructions", "previous_response_id"):
+        with pytest.raises(ProfileError, match=field):
+            profile(f"defaults: {{{field}: x}}")
+    # overrides: null removes a field, under either name
+    p = profile("overrides: {max_tokens: null, user: null}")
+    out = build_upstream_body({"model": "r1", "input": "x", "user": "u", "max_output_tokens": 3}, p)
+    assert "user" not in out and "max_output_tokens" not in out
 
 
 def test_assistant_prefix_is_a_partial_assistant_message() -> None:

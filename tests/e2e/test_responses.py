@@ -168,7 +168,7 @@ def test_create_applies_the_profile(
             {"role": "user", "content": "2+2?"},
         ],
         temperature=0.2,
-        extra_body={"request_id": "mine", "vllm_field": 1},
+        extra_body={"vllm_field": 1},
         extra_headers={"x-request-id": "req-responses-1"},
     )
     r = raw.parse()
@@ -183,7 +183,7 @@ def test_create_applies_the_profile(
     assert sent["input"] == [
         {"role": "user", "content": "\nBe brief.\n\nAnswer in English.\n\n2+2?"}
     ]
-    assert sent["request_id"] == r.id != "mine"  # the gateway names the response
+    assert sent["request_id"] == r.id  # the gateway names the response
     assert r.model == "r1" and r.status == "completed"
     assert [o.type for o in r.output] == ["reasoning", "message"]
     assert r.output[0].content[0].text == REASONING  # type: ignore[union-attr,index]
@@ -421,6 +421,26 @@ def test_validation_and_limits(gw: GatewayServer, sims: dict[str, SimProcess]) -
         ({"model": "r1", "input": "x" * 3001}, "input"),
         ({"model": "r1", "input": "x", "instructions": "y" * 3000}, "input"),
         ({"model": "r1", "input": [{"role": "user", "content": "x"}] * 13}, "input"),
+        # the field policy, as for chat: vLLM's id is the gateway's to choose
+        ({"model": "r1", "input": "x", "request_id": "mine"}, "request_id"),
+        (
+            {"model": "r1", "input": "x", "enable_response_messages": True},
+            "enable_response_messages",
+        ),
+        (
+            {
+                "model": "r1",
+                "input": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_image", "image_url": "http://169.254.169.254/x"}
+                        ],
+                    }
+                ],
+            },
+            "input.0.content.0.image_url",
+        ),
     ]:
         r = httpx.post(url, json=body, headers=auth())
         assert r.status_code == 400, (body, r.text)
