@@ -13,19 +13,18 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.e2e.test_agents_responses import clients_python
+from tests.clients.conftest import DRIVERS, python_of
 from tests.helpers import GatewayServer, run_gateway, wait_for
 from tests.vllm.conftest import SERVED, VLLMServer
 
 TERMINALS = {"response.completed", "response.incomplete", "response.failed"}
-DRIVER = Path(__file__).resolve().parents[1] / "e2e" / "agents_driver.py"
+DRIVER = DRIVERS / "agents_responses.py"
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +270,7 @@ def test_vllms_reasoning_items_pass_or_hide(client: openai.OpenAI) -> None:
 
 @pytest.mark.timeout(300)
 def test_agents_sdk_default_model_on_real_vllm(rgw: GatewayServer) -> None:
-    python = clients_python()
+    python = python_of("py-openai3")
     run = subprocess.run(
         [str(python), str(DRIVER), rgw.base_url, "t", "tiny-agent", "tiny-agent-cut", "notools"],
         capture_output=True,

@@ -1,37 +1,24 @@
 """The OpenAI Agents SDK's default model (``OpenAIResponsesModel``, the Responses API)
 through the gateway (#15): an agent answers, continues a server-side conversation, takes its
 history back as items, streams, calls a tool and gets an error when the gateway cuts its
-stream. The SDK runs in the client environment (``scripts/install-clients.sh`` builds it in
-``$GATEWAY_CLIENTS_DIR``, by default ``~/.cache/gateway/clients``); without it the test is
-skipped with the reason, except under ``CI=true``, where it fails."""
+stream. The SDK runs in the clients venv (``scripts/install-clients.sh``; see conftest)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.clients.conftest import DRIVERS, python_of
 from tests.helpers import GatewayServer, SimProcess, run_gateway, run_sim
 
-HERE = Path(__file__).resolve().parent
+pytestmark = [pytest.mark.clients, pytest.mark.timeout(240)]
+DRIVER = DRIVERS / "agents_responses.py"
 KEY = "sk-agents"
 REASONING = "Okay, the user asks for 2 + 2. That is 4.\n"
 ANSWER = "2 + 2 = **4**."
-
-
-def clients_python() -> Path:
-    base = os.environ.get("GATEWAY_CLIENTS_DIR") or str(Path.home() / ".cache/gateway/clients")
-    python = Path(base) / "py-openai3" / "bin" / "python"
-    if not python.exists():
-        why = f"the Agents SDK's environment is missing ({python}): run scripts/install-clients.sh"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +51,13 @@ models:
         yield gw
 
 
-@pytest.mark.timeout(240)
 def test_agents_sdk_default_model_through_the_gateway(
     agents_gw: GatewayServer, tool_sim: SimProcess
 ) -> None:
-    python = clients_python()
+    python = python_of("py-openai3")
     tool_sim.reset()
     run = subprocess.run(
-        [str(python), str(HERE / "agents_driver.py"), agents_gw.base_url, KEY, "r1", "r1-cut"],
+        [str(python), str(DRIVER), agents_gw.base_url, KEY, "r1", "r1-cut"],
         capture_output=True,
         text=True,
         timeout=200,

@@ -2,7 +2,7 @@
 through the gateway, as an application uses it. Runs in the client environment (openai-agents
 is not a dependency of the gateway); prints one JSON object with what the application saw.
 
-    python agents_driver.py <base_url> <api_key> <model> <cut_model> [notools]
+    python agents_responses.py <base_url> <api_key> <model> <cut_model> [notools]
 """
 
 from __future__ import annotations
