@@ -114,7 +114,9 @@ async def _create(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owne
         except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
             raise RequestError("The request body is nested too deeply.") from None
         try:
-            result = await _attempt(gw, backend, t, PATH, payload, total_deadline, rec, owner)
+            result = await _attempt(
+                gw, backend, t, PATH, payload, total_deadline, rec, owner, stream=rec.stream
+            )
         except UpstreamError as exc:
             if isinstance(exc, UpstreamStatusError) and exc.client_error:
                 raise _route_missing(exc) from None
@@ -153,13 +155,15 @@ async def _attempt(
     total_deadline: float,
     rec: RequestRecord,
     owner: Owner,
+    *,
+    stream: bool,
     method: str = "POST",
 ) -> Opened | bytes:
     """One backend: a primed stream, or a whole body (as :meth:`handler.Gateway._attempt`,
     with the Responses priming). Raises UpstreamError."""
     timeouts = t.profile.timeouts
     deadline, phase, seconds = total_deadline, "total", timeouts.total
-    if rec.stream:
+    if stream:
         first_token = asyncio.get_running_loop().time() + timeouts.first_token
         if first_token < total_deadline:
             deadline, phase, seconds = first_token, "first_token", timeouts.first_token
@@ -176,7 +180,7 @@ async def _attempt(
                 method=method,
             )
             owner.push(resp.close)  # the owner's backstop; idempotent
-            if rec.stream:
+            if stream:
                 return await prime(resp, deadline)
             raw = await resp.read_all(t.snapshot.limits.max_upstream_body_bytes)
         resp.close(reuse=True)
@@ -201,6 +205,7 @@ async def _stream(
     rec: RequestRecord,
     ex: Exchange,
     total_deadline: float,
+    starting_after: int | None = None,
 ) -> None:
     norm = ResponsesStreamNormalizer(
         public_model=profile.name,
@@ -209,6 +214,7 @@ async def _stream(
         assistant_prefix=profile.assistant_prefix,
         termination=profile.stream_termination,
         max_chars=t.snapshot.limits.max_upstream_body_bytes,
+        starting_after=starting_after,
     )
     ex.norm = norm
     await ex.start(200, _SSE_HEADERS)
@@ -242,7 +248,8 @@ async def _json(raw: bytes, profile: Profile, rec: RequestRecord, ex: Exchange) 
 
 
 async def _stored(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owner: Owner) -> None:
-    """``GET /v1/responses/{id}`` or its ``cancel``, on the backend that stores it."""
+    """``GET /v1/responses/{id}`` (or its events again: ``stream=true``) or its ``cancel``,
+    on the backend that stores it."""
     response_id: str = t.body["response_id"]
     located = gw.response_ids.locate(t.snapshot, response_id)
     if located is None:  # admission placed it in this very snapshot
@@ -250,8 +257,7 @@ async def _stored(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owne
     profile = t.profile
     backend = next((b for b in profile.backends if b.url == located[1].url), located[1])
     rec.backend = backend.name
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + profile.timeouts.total
+    deadline = asyncio.get_running_loop().time() + profile.timeouts.total
     cancel = t.endpoint == "responses_cancel"
     path = f"{PATH}/{response_id}/cancel" if cancel else f"{PATH}/{response_id}"
     try:
@@ -264,16 +270,59 @@ async def _stored(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owne
             deadline,
             rec,
             owner,
+            stream=False,
             method="POST" if cancel else "GET",
         )
+        assert isinstance(raw, bytes)
+        if t.body.get("stream"):
+            opened = await _replay(gw, backend, t, path, raw, deadline, rec, owner)
     except UpstreamError as exc:
         if not (isinstance(exc, UpstreamStatusError) and exc.client_error):
             gw.pool.failure(backend, exc.code or exc.message)
         raise
-    assert isinstance(raw, bytes)
     gw.pool.success(backend)
     ex.headers.append((b"x-gateway-backend", backend.name.encode()))
-    await _json(raw, profile, rec, ex)
+    if t.body.get("stream"):
+        after = t.body.get("starting_after")
+        await _stream(gw, opened, profile, t, rec, ex, deadline, after)
+    else:
+        await _json(raw, profile, rec, ex)
+
+
+async def _replay(
+    gw: Gateway,
+    backend: Backend,
+    t: Ticket,
+    path: str,
+    stored: bytes,
+    deadline: float,
+    rec: RequestRecord,
+    owner: Owner,
+) -> Opened:
+    """A background response's events from the start (vLLM keeps them; it drops the
+    connection for any other response, and waits forever on a cancelled or failed one):
+    the client's ``starting_after`` is applied to the gateway's own numbering, which the same
+    events always get again."""
+    try:
+        obj = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError("upstream sent a response that is not JSON") from None
+    if not isinstance(obj, dict) or obj.get("background") is not True:
+        raise RequestError(
+            "stream: only a background response's events can be streamed again; GET it "
+            "without stream=true",
+            param="stream",
+        )
+    if obj.get("status") in ("cancelled", "failed"):
+        raise RequestError(
+            f"stream: the response is {obj.get('status')}; GET it without stream=true",
+            param="stream",
+        )
+    opened = await _attempt(
+        gw, backend, t, path + "?stream=true", None, deadline, rec, owner, stream=True, method="GET"
+    )
+    assert isinstance(opened, Opened)
+    return opened
 
 
 def stored_id(scope: dict[str, Any]) -> str:

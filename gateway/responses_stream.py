@@ -162,6 +162,7 @@ class ResponsesStreamNormalizer:
         assistant_prefix: str = "",
         termination: Literal["error", "graceful"] = "error",
         max_chars: int = MAX_STREAM_CHARS,
+        starting_after: int | None = None,
     ) -> None:
         self.public_model = public_model
         self.stop_text = stop_text
@@ -169,6 +170,9 @@ class ResponsesStreamNormalizer:
         self.assistant_prefix = assistant_prefix
         self.termination = termination
         self.max_chars = max_chars
+        #: a resumed stream (``GET ...?stream=true&starting_after=N``): the events numbered up
+        #: to N are made (the same ones, by the same rules) but not sent
+        self._skip = -1 if starting_after is None else starting_after
         self._seq = 0
         self._next_index = 0
         self._items: list[_Item] = []
@@ -198,9 +202,9 @@ class ResponsesStreamNormalizer:
     # -- numbering and framing ----------------------------------------------------------------
 
     def _emit(self, event: Event) -> bytes:
-        event["sequence_number"] = self._seq
+        seq = event["sequence_number"] = self._seq
         self._seq += 1
-        return frame(event)
+        return frame(event) if seq > self._skip else b""
 
     def _new_index(self) -> int:
         index = self._next_index
@@ -214,6 +218,12 @@ class ResponsesStreamNormalizer:
 
     def feed(self, payload: bytes) -> list[bytes]:
         """One upstream SSE ``data`` payload -> frames for the client."""
+        frames = self._feed(payload)
+        if self._skip >= 0:
+            return [f for f in frames if f]
+        return frames
+
+    def _feed(self, payload: bytes) -> list[bytes]:
         if self.ended is not None or self._terminal_sent:
             return []  # the client has its end; a second terminal event, or anything after it
         try:

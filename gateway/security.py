@@ -338,7 +338,7 @@ class Admission:
             await self.rate_limiter(limits.rate_storage).hit(limits.key_rate, who)
         raw = await read_body(receive, limits)
         if endpoint == "responses_get" or endpoint == "responses_cancel":
-            stored, ref = self._stored(snapshot, scope, key)
+            stored, ref = self._stored(snapshot, scope, key, endpoint == "responses_get")
             self.gate.acquire(who, limits.max_in_flight, limits.key_max_in_flight)
             owner.push(self.gate.release, who)
             return Ticket(
@@ -364,19 +364,29 @@ class Admission:
         )
 
     def _stored(
-        self, snapshot: ProfileSet, scope: dict[str, Any], key: ClientKey | None
+        self, snapshot: ProfileSet, scope: dict[str, Any], key: ClientKey | None, get: bool
     ) -> tuple[Profile, dict[str, Any]]:
-        """A stored response's profile, from its id (GET / cancel: no body to validate). An
-        id the gateway cannot place, or of a model the key may not use, is absent."""
+        """A stored response's profile, from its id (GET / cancel: no body to validate), and
+        what is asked of it (``stream``, ``starting_after``: replaying a background
+        response's events). An id the gateway cannot place, or of a model the key may not
+        use, is absent."""
         response_id = str(scope.get("path_params", {}).get("response_id", ""))
         located = self.response_ids.locate(snapshot, response_id)
         if located is None or not allows(key, located[0].name):
             raise ResponseNotFound(response_id)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if any(v.lower() in ("true", "1") for v in query.get("stream", ())):
-            raise RequestError(
-                "stream: replaying a response's events (GET with stream=true) is not served "
-                "by the gateway; GET the response without it.",
-                param="stream",
-            )
-        return located[0], {"response_id": response_id}
+        ref: dict[str, Any] = {"response_id": response_id}
+        if get and any(v.lower() in ("true", "1") for v in query.get("stream", ())):
+            # replaying a background response's events (resuming its stream)
+            if scope.get("http_version") == "1.0":
+                raise RequestError("Streaming needs HTTP/1.1.", param="stream")
+            ref["stream"] = True
+            after = query.get("starting_after", [])
+            if after:
+                digits = after[0]
+                if len(after) > 1 or not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+                    raise RequestError(
+                        "starting_after: a sequence number (0 or more)", param="starting_after"
+                    )
+                ref["starting_after"] = int(after[0])
+        return located[0], ref

@@ -532,6 +532,21 @@ def test_an_upstream_that_never_stops_opening_items_is_cut() -> None:
     assert terminal["response"]["error"]["code"] == "upstream_protocol_error"
 
 
+@pytest.mark.parametrize("after", [0, 1, 5, 20, 34, 35, 100])
+def test_a_resumed_stream_is_the_tail_of_the_same_stream(after: int) -> None:
+    payloads = upstream_events(R1_DEMO)
+    full = events_of(
+        run(
+            ResponsesStreamNormalizer(public_model="r1", reasoning=SPLIT, stop_text=(EOS_TEXT,)),
+            payloads,
+        )
+    )
+    norm = ResponsesStreamNormalizer(
+        public_model="r1", reasoning=SPLIT, stop_text=(EOS_TEXT,), starting_after=after
+    )
+    assert events_of(run(norm, payloads)) == full[after + 1 :]
+
+
 def test_the_client_gets_nothing_after_it_left() -> None:
     norm = ResponsesStreamNormalizer(public_model="r1")
     run(norm, upstream_events(ANSWERED)[:8])

@@ -342,6 +342,36 @@ def test_retrieve_and_cancel(client: openai.OpenAI, gw: GatewayServer) -> None:
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
+def test_a_background_stream_resumes_where_it_left(client: openai.OpenAI) -> None:
+    first: list[Any] = []
+    slow = {"sim": {"token_delay": 0.05}}
+    with client.responses.create(
+        model="r1", input="2+2?", background=True, stream=True, extra_body=slow
+    ) as stream:
+        for event in stream:
+            first.append(event)
+            if len(first) == 12:
+                break  # the connection is lost; the background response goes on
+    response_id = first[0].response.id
+    rest = list(
+        client.responses.retrieve(
+            response_id, stream=True, starting_after=first[-1].sequence_number
+        )
+    )
+    whole = first + rest
+    terminal = check_stream(whole)
+    assert terminal.type == "response.completed" and text_of(whole) == ANSWER
+    reasoning = "".join(e.delta for e in whole if e.type == "response.reasoning_text.delta")
+    assert reasoning == REASONING
+    # from the start again: the very same events, numbers and ids
+    again = list(client.responses.retrieve(response_id, stream=True))
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in whole]
+    bad = httpx.get(
+        f"{client.base_url}responses/{response_id}?stream=true&starting_after=-1", headers=auth()
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "starting_after"
+
+
 def auth(key: str = KEY) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 

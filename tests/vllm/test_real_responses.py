@@ -250,6 +250,32 @@ def test_conversations_and_background_on_vllms_store(client: openai.OpenAI) -> N
     wait_for(lambda: client.responses.retrieve(done.id).status in ended, "background end", 60)
 
 
+def test_a_background_stream_resumes_on_real_vllm(client: openai.OpenAI) -> None:
+    first: list[Any] = []
+    with client.responses.create(
+        model="tiny-store",
+        input="hi",
+        background=True,
+        stream=True,
+        max_output_tokens=40,
+        extra_body={"ignore_eos": True},
+    ) as stream:
+        for event in stream:
+            first.append(event)
+            if len(first) == 6:
+                break
+    response_id = first[0].response.id
+    rest = list(
+        client.responses.retrieve(
+            response_id, stream=True, starting_after=first[-1].sequence_number
+        )
+    )
+    terminal = check_stream(first + rest, "tiny-store")
+    assert terminal.type == "response.incomplete"  # 40 tokens, eos ignored
+    again = list(client.responses.retrieve(response_id, stream=True))
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in first + rest]
+
+
 def test_vllms_reasoning_items_pass_or_hide(client: openai.OpenAI) -> None:
     # random text without </think>: vLLM's deepseek_r1 parser makes it all reasoning
     for model in ("tiny-r1", "tiny-r1-hide"):
