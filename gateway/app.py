@@ -180,7 +180,10 @@ class GatewayApp:
                     exc = MethodNotAllowed(
                         f"Method {scope['method']} not allowed on {path}", method
                     )
-                    await error_response(exc)(scope, receive, send)
+                    response = error_response(exc)
+                    version = self.api.state.gateway.store.current.version
+                    response.headers["x-gateway-profile-version"] = version
+                    await response(scope, receive, send)
                 return
         await self.api(scope, receive, send)
 

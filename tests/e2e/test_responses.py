@@ -340,6 +340,7 @@ def test_retrieve_and_cancel(client: openai.OpenAI, gw: GatewayServer) -> None:
     ):
         r = httpx.request(method, gw.base_url + path, headers=auth())
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert r.headers["x-gateway-profile-version"] == gw.gateway.profiles.version
 
 
 def test_a_background_stream_resumes_where_it_left(client: openai.OpenAI) -> None:
