@@ -120,7 +120,7 @@ def test_the_profile_lands_in_vllms_sampling_params(
         instructions="be brief",
         input="hi",
         temperature=1.2,
-        extra_body={"stop_token_ids": [7], "min_p": 0.5, "request_id": "not-mine"},
+        extra_body={"stop_token_ids": [7], "min_p": 0.5},
     )
     assert r.model == "tiny" and r.id.startswith("resp_") and len(r.id) == 53
     params = vllm.sampling_params(r.id)  # the id the gateway minted is vLLM's request id
