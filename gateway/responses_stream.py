@@ -44,7 +44,7 @@ from .reasoning import ThinkSplitter, starts_in_reasoning
 from .responses import STATUS_FINISH, usage_record, with_text
 from .sse import EventTooLarge, SSEDecoder
 from .stoptext import StopTextMatcher
-from .stream import _CUT_ERRORS, ChunkSource, Opened
+from .stream import _CUT_ERRORS, ChunkSource, Opened, special_chars
 
 Event = dict[str, Any]
 LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
@@ -198,6 +198,9 @@ class ResponsesStreamNormalizer:
         self.stop_text_hits = 0
         self.reasoning_chars = 0
         self.overhead = 0.0
+        #: finds a character that could begin a stop string or a think tag: text without one
+        #: takes the fast path
+        self._special = special_chars(stop_text, reasoning)
 
     # -- numbering and framing ----------------------------------------------------------------
 
@@ -323,6 +326,24 @@ class ResponsesStreamNormalizer:
             if self._chars > self.max_chars:
                 return self._fail_protocol("upstream stream grew past the gateway's bound")
             frames: list[bytes] = []
+            sp = m.splitter
+            if (
+                m.answering
+                and not m.prefix
+                and (m.matcher is None or not m.matcher.holding)
+                and (sp is None or not (sp._held or sp._after_close))
+                and self._special(delta) is None
+            ):
+                # the common delta: nothing held, nothing in it can begin a stop string or a
+                # tag: it is answer text, or reasoning inside an open think block
+                if sp is not None and sp.in_reasoning:
+                    if not sp.closed:
+                        m.unterminated.append(delta)
+                    self._reasoning_delta(m, delta, frames)
+                elif delta:
+                    logprobs = obj.get("logprobs") if sp is None else None
+                    self._content_delta(m, delta, frames, logprobs)
+                return frames
             hit = False
             text = delta
             if m.matcher is not None:
@@ -438,9 +459,9 @@ class ResponsesStreamNormalizer:
                 }
             )
         )
-        now = time.perf_counter()
-        self.first_content_at = self.first_content_at or now
-        self.first_text_at = self.first_text_at or now
+        if self.first_content_at is None:
+            now = self.first_content_at = time.perf_counter()
+            self.first_text_at = self.first_text_at or now
 
     def _open_message(self, m: _Message, frames: list[bytes]) -> _Item:
         index = self._new_index()

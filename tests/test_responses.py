@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import omit
 from openai._models import construct_type
 from openai.lib.streaming.responses._responses import ResponseStreamState
@@ -545,6 +547,45 @@ def test_a_resumed_stream_is_the_tail_of_the_same_stream(after: int) -> None:
         public_model="r1", reasoning=SPLIT, stop_text=(EOS_TEXT,), starting_after=after
     )
     assert events_of(run(norm, payloads)) == full[after + 1 :]
+
+
+RULES = [None, SPLIT, HIDE, INLINE]
+STOPS: list[tuple[str, ...]] = [(), (EOS_TEXT,), ("**", "<｜")]
+DEMO_TEXT = "".join(t for _, t in R1_DEMO)
+
+
+@pytest.mark.parametrize("rules", RULES)
+@pytest.mark.parametrize("stop", STOPS)
+def test_every_split_point_gives_the_same_stream(rules: Any, stop: Any) -> None:
+    for cut in range(1, len(DEMO_TEXT)):
+        check_split(DEMO_TEXT, [cut], rules, stop)
+        check_split(DEMO_TEXT, [cut, cut + 5], rules, stop)  # a short delta after the cut
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=len(DEMO_TEXT) - 1), max_size=12),
+    rules=st.sampled_from(RULES),
+    stop=st.sampled_from(STOPS),
+)
+def test_the_fast_path_changes_nothing(cuts: list[int], rules: Any, stop: Any) -> None:
+    check_split(DEMO_TEXT, cuts, rules, stop)
+
+
+def check_split(text: str, cuts: list[int], rules: Any, stop: Any) -> None:
+    """A split of the text into deltas: byte-identical output with and without the fast
+    path, and the same client text as one delta gives."""
+    points = sorted({c for c in cuts if c < len(text)})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    payloads = upstream_events([(i, p) for i, p in enumerate(pieces)])
+    fast = ResponsesStreamNormalizer(public_model="r1", stop_text=stop, reasoning=rules)
+    slow = ResponsesStreamNormalizer(public_model="r1", stop_text=stop, reasoning=rules)
+    slow._special = lambda text: True  # every delta takes the full path
+    out = run(fast, payloads)
+    assert out == run(slow, payloads)
+    whole = ResponsesStreamNormalizer(public_model="r1", stop_text=stop, reasoning=rules)
+    single = events_of(run(whole, upstream_events([(1, text)])))
+    assert output_of(check_contract(events_of(out))) == output_of(check_contract(single))
 
 
 def test_the_client_gets_nothing_after_it_left() -> None:
