@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import (
+    GatewayOverloaded,
     RequestError,
     ResponseNotFound,
     UpstreamError,
@@ -124,6 +125,8 @@ async def _create(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owne
             last = exc
             continue
         gw.pool.success(backend)
+        # a stream can last minutes: nothing held for retries is needed any more
+        payload, body = b"", {}
         ex.headers.append((b"x-gateway-backend", backend.name.encode()))
         if isinstance(result, Opened):
             await _stream(gw, result, profile, t, rec, ex, total_deadline)
@@ -167,6 +170,13 @@ async def _attempt(
         first_token = asyncio.get_running_loop().time() + timeouts.first_token
         if first_token < total_deadline:
             deadline, phase, seconds = first_token, "first_token", timeouts.first_token
+    cap = gw.settings.max_upstream_connections
+    if cap and gw.pool.leased >= cap:  # as handler.Gateway._attempt
+        raise GatewayOverloaded(
+            f"All {cap} upstream connections are in use (GATEWAY_MAX_UPSTREAM_CONNECTIONS); "
+            "retry shortly.",
+            "upstream_connections",
+        )
     resp = None
     try:
         async with asyncio.timeout_at(deadline):
