@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -55,6 +56,9 @@ from .transform import build_upstream_body
 from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
+
+#: reads a stream up to its first event before the client is answered (failover until then)
+Primer = Callable[[Any, float], Awaitable[Opened]]
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SSE_HEADERS = [
@@ -296,62 +300,104 @@ class Gateway:
             payload = orjson.dumps(upstream_body)
         except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
             raise RequestError("The request body is nested too deeply.") from None
-        timeouts = profile.timeouts
+        total_deadline = asyncio.get_running_loop().time() + profile.timeouts.total
+        rec.overhead = time.perf_counter() - rec.started
+        _, result = await self.failover(
+            t,
+            rec,
+            ex,
+            owner,
+            path=ENDPOINT_PATHS[endpoint],
+            payload_for=lambda _backend: payload,
+            total_deadline=total_deadline,
+            sticky=affinity_key(profile, t.body, t.headers),
+        )
+        # a stream can last minutes: nothing held for retries is needed any more
+        payload = upstream_body = b""  # type: ignore[assignment]
+        if isinstance(result, Opened):
+            await self._stream(
+                result, t, rec, ex, total_deadline, wants_usage, reasoning, n_choices
+            )
+        else:
+            await self._json(result, profile, endpoint, rec, ex, reasoning)
+
+    async def failover(
+        self,
+        t: Ticket,
+        rec: RequestRecord,
+        ex: Exchange,
+        owner: Owner,
+        *,
+        path: str,
+        payload_for: Callable[[Backend], bytes],
+        total_deadline: float,
+        sticky: str | None,
+        backends: Sequence[Backend] | None = None,
+        retries: int | None = None,
+        primer: Primer = prime,
+        client_error: Callable[[UpstreamStatusError], Exception] | None = None,
+    ) -> tuple[Backend, Opened | bytes]:
+        """Try backends until one answers (failover before the first byte): the one loop
+        of every route. ``payload_for`` gives the body for a backend (built once, or per
+        backend); ``client_error`` may translate a backend's 4xx, which is never retried
+        (another backend would agree). Returns the backend that answered and its answer."""
+        profile = t.profile
+        backends = profile.backends if backends is None else backends
+        retries = profile.retries if retries is None else retries
         loop = asyncio.get_running_loop()
-        total_deadline = loop.time() + timeouts.total
-        sticky = affinity_key(profile, t.body, t.headers)
         tried: set[str] = set()
         last: UpstreamError | None = None
-        rec.overhead = time.perf_counter() - rec.started
-        for _attempt in range(1 + profile.retries):
+        for _ in range(1 + retries):
             if loop.time() >= total_deadline:
                 break
-            backend = self.pool.pick(profile.backends, tried, sticky)
+            backend = self.pool.pick(backends, tried, sticky)
             if backend is None:
                 break
             tried.add(backend.url)
             rec.backend = backend.name
             rec.retries = len(tried) - 1
             try:
-                result = await self._attempt(backend, t, payload, total_deadline, rec, owner)
+                result = await self.attempt(
+                    backend, t, rec, owner, path, payload_for(backend), total_deadline,
+                    stream=rec.stream, primer=primer,
+                )  # fmt: skip
             except UpstreamError as exc:
                 if isinstance(exc, UpstreamStatusError) and exc.client_error:
-                    raise  # the backend judged the request itself: another would agree
+                    raise (client_error(exc) if client_error else exc) from None
                 self.pool.failure(backend, exc.code or exc.message)
                 last = exc
                 continue
             self.pool.success(backend)
-            # a stream can last minutes: nothing held for retries is needed any more
-            payload = upstream_body = b""  # type: ignore[assignment]
             ex.headers.append((b"x-gateway-backend", backend.name.encode()))
-            if isinstance(result, Opened):
-                await self._stream(
-                    result, t, rec, ex, total_deadline, wants_usage, reasoning, n_choices
-                )
-            else:
-                await self._json(result, profile, endpoint, rec, ex, reasoning)
-            return
+            return backend, result
         if last is None:
             last = (
-                UpstreamTimeout("total", timeouts.total)
+                UpstreamTimeout("total", profile.timeouts.total)
                 if tried
                 else UpstreamUnavailable(f"no backend available for `{profile.name}`")
             )
         raise last
 
-    async def _attempt(
+    async def attempt(
         self,
         backend: Backend,
         ticket: Ticket,
-        payload: bytes,
-        total_deadline: float,
         rec: RequestRecord,
         owner: Owner,
+        path: str,
+        payload: bytes | None,
+        total_deadline: float,
+        *,
+        stream: bool,
+        method: str = "POST",
+        primer: Primer = prime,
     ) -> Opened | bytes:
-        """One backend: a primed stream, or a whole non-stream body. Raises UpstreamError."""
+        """One backend: a primed stream (``primer`` reads up to its first event), or a whole
+        body. Raises UpstreamError (GatewayOverloaded when the gateway's own connection cap
+        or descriptors ran out)."""
         t = ticket.profile.timeouts
         deadline, phase, seconds = total_deadline, "total", t.total
-        if rec.stream:
+        if stream:
             first_token = asyncio.get_running_loop().time() + t.first_token
             if first_token < total_deadline:
                 deadline, phase, seconds = first_token, "first_token", t.first_token
@@ -367,15 +413,16 @@ class Gateway:
             async with asyncio.timeout_at(deadline):
                 resp = await self.upstream.post(
                     backend,
-                    ENDPOINT_PATHS[ticket.endpoint],
+                    path,
                     payload,
                     self.pool.lease(backend),
                     connect_timeout=t.connect,
                     request_id=rec.request_id,
+                    method=method,
                 )
                 owner.push(resp.close)  # the owner's backstop; idempotent
-                if rec.stream:
-                    return await prime(resp, deadline)
+                if stream:
+                    return await primer(resp, deadline)
                 body = await resp.read_all(ticket.snapshot.limits.max_upstream_body_bytes)
             resp.close(reuse=True)
             return body

@@ -22,14 +22,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import (
-    GatewayOverloaded,
     RequestError,
     ResponseNotFound,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from .metrics import GapCounts, RequestRecord
 from .owner import Owner
@@ -94,52 +91,36 @@ async def _create(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owne
         if not backends:
             raise ResponseNotFound(previous)
         retries, sticky = 0, None
-    timeouts = profile.timeouts
-    loop = asyncio.get_running_loop()
-    total_deadline = loop.time() + timeouts.total
-    tried: set[str] = set()
-    last: UpstreamError | None = None
+    total_deadline = asyncio.get_running_loop().time() + profile.timeouts.total
     rec.overhead = time.perf_counter() - rec.started
-    for _ in range(1 + retries):
-        if loop.time() >= total_deadline:
-            break
-        backend = gw.pool.pick(backends, tried, sticky)
-        if backend is None:
-            break
-        tried.add(backend.url)
-        rec.backend = backend.name
-        rec.retries = len(tried) - 1
+
+    def payload_for(backend: Backend) -> bytes:
+        # each attempt names its response: the id says which backend stores it
         body["request_id"] = gw.response_ids.mint(profile, backend)
         try:
-            payload = orjson.dumps(body)
+            return orjson.dumps(body)
         except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
             raise RequestError("The request body is nested too deeply.") from None
-        try:
-            result = await _attempt(
-                gw, backend, t, PATH, payload, total_deadline, rec, owner, stream=rec.stream
-            )
-        except UpstreamError as exc:
-            if isinstance(exc, UpstreamStatusError) and exc.client_error:
-                raise _route_missing(exc) from None
-            gw.pool.failure(backend, exc.code or exc.message)
-            last = exc
-            continue
-        gw.pool.success(backend)
-        # a stream can last minutes: nothing held for retries is needed any more
-        payload, body = b"", {}
-        ex.headers.append((b"x-gateway-backend", backend.name.encode()))
-        if isinstance(result, Opened):
-            await _stream(gw, result, profile, t, rec, ex, total_deadline)
-        else:
-            await _json(result, profile, rec, ex)
-        return
-    if last is None:
-        last = (
-            UpstreamTimeout("total", timeouts.total)
-            if tried
-            else UpstreamUnavailable(f"no backend available for `{profile.name}`")
-        )
-    raise last
+
+    _, result = await gw.failover(
+        t,
+        rec,
+        ex,
+        owner,
+        path=PATH,
+        payload_for=payload_for,
+        total_deadline=total_deadline,
+        sticky=sticky,
+        backends=backends,
+        retries=retries,
+        primer=prime,
+        client_error=_route_missing,
+    )
+    body = {}  # a stream can last minutes: nothing held for retries is needed any more
+    if isinstance(result, Opened):
+        await _stream(gw, result, profile, t, rec, ex, total_deadline)
+    else:
+        await _json(result, profile, rec, ex)
 
 
 def _route_missing(exc: UpstreamStatusError) -> UpstreamStatusError:
@@ -147,64 +128,6 @@ def _route_missing(exc: UpstreamStatusError) -> UpstreamStatusError:
     if exc.status == 404 and exc.upstream_code == 404 and exc.message.endswith("answered 404"):
         return RouteMissing()
     return exc
-
-
-async def _attempt(
-    gw: Gateway,
-    backend: Backend,
-    t: Ticket,
-    path: str,
-    payload: bytes | None,
-    total_deadline: float,
-    rec: RequestRecord,
-    owner: Owner,
-    *,
-    stream: bool,
-    method: str = "POST",
-) -> Opened | bytes:
-    """One backend: a primed stream, or a whole body (as :meth:`handler.Gateway._attempt`,
-    with the Responses priming). Raises UpstreamError."""
-    timeouts = t.profile.timeouts
-    deadline, phase, seconds = total_deadline, "total", timeouts.total
-    if stream:
-        first_token = asyncio.get_running_loop().time() + timeouts.first_token
-        if first_token < total_deadline:
-            deadline, phase, seconds = first_token, "first_token", timeouts.first_token
-    cap = gw.settings.max_upstream_connections
-    if cap and gw.pool.leased >= cap:  # as handler.Gateway._attempt
-        raise GatewayOverloaded(
-            f"All {cap} upstream connections are in use (GATEWAY_MAX_UPSTREAM_CONNECTIONS); "
-            "retry shortly.",
-            "upstream_connections",
-        )
-    resp = None
-    try:
-        async with asyncio.timeout_at(deadline):
-            resp = await gw.upstream.post(
-                backend,
-                path,
-                payload,
-                gw.pool.lease(backend),
-                connect_timeout=timeouts.connect,
-                request_id=rec.request_id,
-                method=method,
-            )
-            owner.push(resp.close)  # the owner's backstop; idempotent
-            if stream:
-                return await prime(resp, deadline)
-            raw = await resp.read_all(t.snapshot.limits.max_upstream_body_bytes)
-        resp.close(reuse=True)
-        return raw
-    except TimeoutError:
-        if resp is not None:
-            resp.close()
-        raise UpstreamTimeout(
-            "first_token" if phase == "first_token" else "total", seconds
-        ) from None
-    except BaseException:
-        if resp is not None:
-            resp.close()
-        raise
 
 
 async def _stream(
@@ -271,15 +194,14 @@ async def _stored(gw: Gateway, t: Ticket, rec: RequestRecord, ex: Exchange, owne
     cancel = t.endpoint == "responses_cancel"
     path = f"{PATH}/{response_id}/cancel" if cancel else f"{PATH}/{response_id}"
     try:
-        raw = await _attempt(
-            gw,
+        raw = await gw.attempt(
             backend,
             t,
+            rec,
+            owner,
             path,
             b"" if cancel else None,
             deadline,
-            rec,
-            owner,
             stream=False,
             method="POST" if cancel else "GET",
         )
@@ -328,9 +250,10 @@ async def _replay(
             f"stream: the response is {obj.get('status')}; GET it without stream=true",
             param="stream",
         )
-    opened = await _attempt(
-        gw, backend, t, path + "?stream=true", None, deadline, rec, owner, stream=True, method="GET"
-    )
+    opened = await gw.attempt(
+        backend, t, rec, owner, path + "?stream=true", None, deadline,
+        stream=True, method="GET", primer=prime,
+    )  # fmt: skip
     assert isinstance(opened, Opened)
     return opened
 
