@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .backend_info import BackendInfo, BackendInfoCollector
 from .errors import (
     AdminAuthError,
     GatewayError,
@@ -222,7 +223,7 @@ def create_app(
             except (RuntimeError, ValueError, NotImplementedError):
                 log.debug("SIGHUP reload unavailable (not the main thread)")
         async with UpstreamClient(max_connections=settings.max_upstream_connections) as up:
-            pool = BackendPool(snapshot.health, up.probe)
+            pool = BackendPool(snapshot.health, up.probe, info=BackendInfo(up.fetch))
             pool.start(lambda: store.current)
             gateway = app.state.gateway = Gateway(settings, store, up, pool, metrics)
             log.info(
@@ -332,7 +333,11 @@ def create_app(
                 "loaded_at": store.loaded_at,
                 "reloads": store.counts,
                 "last_error": store.last_error,
-                "backends": g.pool.describe(model_backends(g), urls=True),
+                "backends": g.pool.describe(
+                    model_backends(g),
+                    urls=True,
+                    upstream={n: p.upstream_model for n, p in g.profiles.models.items()},
+                ),
                 "in_flight": g.admission.gate.total,
             }
         )
@@ -367,7 +372,16 @@ def create_app(
             if p.variant is None
             for b in p.backends
         ]
-        body = g.metrics.exposition([StateCollector(up, g.profiles.version)])
+        extra: list[Any] = [StateCollector(up, g.profiles.version)]
+        if g.pool.info is not None:  # each backend's scraped load and max_model_len
+            served = [
+                (name, b, p.upstream_model)
+                for name, p in g.profiles.models.items()
+                if p.variant is None
+                for b in p.backends
+            ]
+            extra.append(BackendInfoCollector(g.pool.info, served))
+        body = g.metrics.exposition(extra)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/metrics", metrics_route, methods=["GET"])

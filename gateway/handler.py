@@ -350,7 +350,7 @@ class Gateway:
         for _ in range(1 + retries):
             if loop.time() >= total_deadline:
                 break
-            backend = self.pool.pick(backends, tried, sticky)
+            backend, rec.route = self.pool.choose(backends, tried, sticky)
             if backend is None:
                 break
             tried.add(backend.url)

@@ -83,6 +83,8 @@ class RequestRecord:
     error: str | None = None
     #: the limit that refused the request (429/503), if one did
     limit: str | None = None
+    #: why the backend was chosen (:data:`routing.REASONS`)
+    route: str = "none"
 
 
 class GapCounts:
@@ -213,6 +215,12 @@ class GatewayMetrics:
         self.reloads = Counter(
             "gateway_profile_reloads", "Profile reloads by result", ["result"], registry=r
         )
+        self.routing = Counter(
+            "gateway_routing_decisions",
+            "Backend choices by reason (affinity, load, least_outstanding, ...)",
+            ["model", "backend", "reason"],
+            registry=r,
+        )
         self.overhead = Histogram(
             "gateway_overhead_seconds",
             "Time spent in the gateway itself per request (no upstream wait)",
@@ -261,6 +269,8 @@ class GatewayMetrics:
             self.retries.labels(m).inc(rec.retries)
         if rec.limit is not None:
             self.limit_rejections.labels(rec.limit).inc()
+        if rec.route != "none":
+            self.routing.labels(m, rec.backend, rec.route).inc()
         usage = rec.usage
         if usage:
             prompt = usage.get("prompt_tokens")
@@ -315,7 +325,7 @@ class StateCollector:
 _TEXT_LINE = (
     "request_id=%s endpoint=%s model=%s backend=%s stream=%s status=%s finish_reason=%s "
     "upstream_finish_reason=%s ttft_s=%s duration_s=%.4f prompt_tokens=%s "
-    "completion_tokens=%s reasoning_chars=%s termination=%s retries=%s error=%s"
+    "completion_tokens=%s reasoning_chars=%s termination=%s retries=%s error=%s route=%s"
 )
 
 
@@ -346,6 +356,7 @@ def log_access(rec: RequestRecord, duration: float, as_json: bool = False) -> No
             rec.cause,
             rec.retries,
             rec.error,
+            rec.route,
         )
         return
     fields = {
@@ -365,5 +376,6 @@ def log_access(rec: RequestRecord, duration: float, as_json: bool = False) -> No
         "termination": rec.cause,
         "retries": rec.retries,
         "error": rec.error,
+        "route": rec.route,
     }
     access_log.info(json.dumps(fields, separators=(",", ":")))

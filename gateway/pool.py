@@ -9,6 +9,9 @@
 * Health: active probes (``GET /health`` per backend URL, at an interval, with a timeout) and
   passive ejection (``eject_after`` connect errors / 5xx in a row mark a backend down for
   ``cooloff`` seconds, after which it is probed again before it takes traffic).
+* Load (optional, :mod:`routing`): with a :class:`backend_info.BackendInfo`, balancing uses
+  each backend's scraped vLLM load score instead of the outstanding count, and affinity
+  yields when its backend is saturated. :meth:`BackendPool.choose` names the reason.
 
 State is per backend URL (one vLLM may serve several public models) and lives as long as the
 process; profiles only say which URLs exist.
@@ -25,7 +28,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from .backend_info import BackendInfo
 from .profiles import Backend, HealthSpec, ProfileSet
+from .routing import saturated, score
 from .upstream import Lease
 
 log = logging.getLogger("gateway.pool")
@@ -95,12 +100,15 @@ class BackendPool:
         probe: Probe | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        info: BackendInfo | None = None,
     ) -> None:
         self.health = health
         self._probe = probe
         self._clock = clock
         #: leases held over all backends: upstream requests in flight
         self.leased = 0
+        #: facts scraped from each backend (max_model_len, load); None: none are kept
+        self.info = info
         self._states: dict[str, BackendState] = {}
         self._rings: dict[tuple[Backend, ...], HashRing] = {}
         self._task: asyncio.Task[None] | None = None
@@ -115,27 +123,55 @@ class BackendPool:
         self, backends: Sequence[Backend], exclude: set[str], affinity_key: str | None = None
     ) -> Backend | None:
         """The backend for the next attempt, or ``None`` when every one was tried."""
+        return self.choose(backends, exclude, affinity_key)[0]
+
+    def choose(
+        self, backends: Sequence[Backend], exclude: set[str], affinity_key: str | None = None
+    ) -> tuple[Backend | None, str]:
+        """The backend for the next attempt and why (one of :data:`routing.REASONS`), or
+        ``(None, "none")`` when every one was tried."""
         now = self._clock()
         left = [b for b in backends if b.url not in exclude]
         if not left:
-            return None
+            return None, "none"
         healthy = [b for b in left if self.state(b).available(now)]
-        if affinity_key is not None and healthy:
+        if not healthy:
+            # All down: try them anyway (least recently failed first) rather than refuse.
+            return min(left, key=lambda b: self.state(b).down_until), "all_down"
+        if affinity_key is not None:
             ring = self._rings.get(tuple(backends))
             if ring is None:
                 ring = self._rings[tuple(backends)] = HashRing(backends)
             ok = {b.url: b for b in healthy}
-            for url in ring.walk(affinity_key):
-                if url in ok:
-                    return ok[url]
-        # All down: try them anyway (least recently failed first) rather than refuse.
-        candidates = healthy or sorted(left, key=lambda b: self.state(b).down_until)[:1]
+            owner = next((ok[url] for url in ring.walk(affinity_key) if url in ok), None)
+            if owner is not None:
+                info = self.info
+                load = info.fresh_load(owner) if info is not None else None
+                if load is None or info is None or not saturated(load, info.routing.saturation):
+                    return owner, "affinity"
+                return self._balance(healthy)[0], "affinity_saturated"
+        return self._balance(healthy)
+
+    def _balance(self, candidates: list[Backend]) -> tuple[Backend, str]:
+        """Lowest load score when every candidate has a fresh load; else least outstanding
+        relative to weight. Ties: smooth weighted round-robin."""
         if len(candidates) == 1:
-            return candidates[0]
+            return candidates[0], "single"
+        info = self.info
+        reason = "least_outstanding"
+        if info is not None and any(info.scraping(b) for b in candidates):
+            fresh = [(b, load) for b in candidates if (load := info.fresh_load(b)) is not None]
+            if len(fresh) == len(candidates):
+                w = info.routing.weights
+                scores = [score(load, self.state(b).outstanding, b.weight, w) for b, load in fresh]
+                low = min(scores)
+                tied = [b for b, s in zip(candidates, scores, strict=True) if s == low]
+                return self._weighted_round_robin(tied), "load"
+            reason = "stale_metrics"
         loads = [self.state(b).outstanding / b.weight for b in candidates]
         low = min(loads)
         tied = [b for b, load in zip(candidates, loads, strict=True) if load == low]
-        return self._weighted_round_robin(tied)
+        return self._weighted_round_robin(tied), reason
 
     def _weighted_round_robin(self, tied: list[Backend]) -> Backend:
         """nginx's smooth weighted round-robin among equally loaded backends."""
@@ -186,13 +222,21 @@ class BackendPool:
             )
 
     def describe(
-        self, backends: Iterable[tuple[str, Backend]], *, urls: bool = False
+        self,
+        backends: Iterable[tuple[str, Backend]],
+        *,
+        urls: bool = False,
+        upstream: dict[str, str] | None = None,
     ) -> dict[str, dict[str, object]]:
-        """``{"<model>/<backend name>": state}``; internal URLs only when ``urls`` (admin)."""
+        """``{"<model>/<backend name>": state}``; internal URLs only when ``urls`` (admin).
+        With ``upstream`` (public model -> served model id), also what was learned of each
+        backend: its ``max_model_len`` and last scraped load."""
         now = self._clock()
         out: dict[str, dict[str, object]] = {}
         for model, b in backends:
             info = self.state(b).describe(now)
+            if upstream is not None and self.info is not None:
+                info.update(self.info.describe(b, upstream.get(model, model)))
             out[f"{model}/{b.name}"] = {"url": b.url, **info} if urls else info
         return out
 
@@ -205,6 +249,12 @@ class BackendPool:
         """Probe the backends of the current profiles, with their current health settings."""
         if self._probe is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(profiles))
+        if self.info is not None:
+            self.info.start(profiles, self._outstanding)
+
+    def _outstanding(self, url: str) -> int:
+        st = self._states.get(url)
+        return 0 if st is None else st.outstanding
 
     async def check_once(self, backends: Iterable[Backend]) -> None:
         assert self._probe is not None
@@ -240,6 +290,8 @@ class BackendPool:
             await asyncio.sleep(self.health.interval or 1.0)
 
     async def aclose(self) -> None:
+        if self.info is not None:
+            await self.info.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

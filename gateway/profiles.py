@@ -28,10 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from .control_spec import ReasoningControl, ReasoningControlSpec
 from .errors import ProfileError
 from .fields import DEFAULT_DENIED_FIELDS, DEFAULT_POLICY, GATEWAY_OWNED_FIELDS, FieldPolicy
 from .profile_yaml import load_yaml, read_bounded_text, read_profile_text
 from .ratestore import redact
+from .routing import RoutingSpec
 from .values import json_value_problem
 
 log = logging.getLogger("gateway.profiles")
@@ -181,6 +183,8 @@ class BackendSpec(_Strict):
     api_key_env: str | None = Field(
         default=None, json_schema_extra={"pattern": f"^{ENV_NAME.pattern}$"}
     )
+    #: scrape this backend's /metrics for load routing (``routing:``); false: never
+    scrape_metrics: bool = True
 
     @field_validator("url")
     @classmethod
@@ -280,6 +284,8 @@ class ReasoningSpec(_Strict):
     mode: Literal["split", "inline", "hide"] = "split"
     #: remove reasoning from earlier assistant turns before the request goes upstream
     strip_history: bool = True
+    #: reasoning effort and budgets, whatever dialect the client speaks (:mod:`control`)
+    control: ReasoningControlSpec = Field(default_factory=ReasoningControlSpec)
 
     @field_validator("fields")
     @classmethod
@@ -413,6 +419,8 @@ def backend_names(backends: Sequence[BackendSpec]) -> list[str]:
 class ProfileFile(_Strict):
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
+    #: load routing: each backend's /metrics, scraped on the probe session
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     models: dict[str, ModelSpec] = Field(min_length=1, max_length=256)
@@ -445,6 +453,8 @@ class Backend:
     weight: int = 1
     #: from ``api_key_env``; never printed, logged or described
     api_key: str | None = field(default=None, repr=False, compare=False)
+    #: its /metrics is scraped for load routing
+    scrape_metrics: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +464,7 @@ class ReasoningRules:
     fields: tuple[str, ...]
     mode: Literal["split", "inline", "hide"]
     strip_history: bool
+    control: ReasoningControl = field(default_factory=ReasoningControl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +508,7 @@ class ProfileSet:
     version: str
     source: str = ""
     health: HealthSpec = field(default_factory=HealthSpec)
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     #: (sha256 digest, allowed models or None) from ``auth.keys_file``
     key_digests: tuple[tuple[bytes, frozenset[str] | None], ...] = ()
@@ -599,7 +611,15 @@ def _resolve_one(
                     f"{b.api_key_env} is not set"
                 )
                 return None
-        backends.append(Backend(name=names[i], url=b.url, weight=b.weight, api_key=key))
+        backends.append(
+            Backend(
+                name=names[i],
+                url=b.url,
+                weight=b.weight,
+                api_key=key,
+                scrape_metrics=b.scrape_metrics,
+            )
+        )
     t = m.timeouts
     rp = m.request_policy
     r = m.reasoning
@@ -629,6 +649,7 @@ def _resolve_one(
             fields=tuple(r.fields),
             mode=r.mode,
             strip_history=r.strip_history,
+            control=ReasoningControl.from_spec(r.control),
         ),
         assistant_prefix="" if m.prompt.assistant_prefix_in_template else m.prompt.assistant_prefix,
         retries=m.retries,
@@ -717,6 +738,7 @@ def _parse(text: str, source: str, resolver: TokenResolver | None) -> ProfileSet
         version=version,
         source=source,
         health=spec.health,
+        routing=spec.routing,
         limits=spec.limits,
         key_digests=keys,
         sources=tuple(sources),

@@ -13,6 +13,7 @@ following one would re-send the prompt to another origin.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -293,6 +294,37 @@ class UpstreamClient:
             raise _error_fields(resp.status, raw, backend.name)
         finally:
             resp.close()
+
+    async def fetch(self, backend: Backend, path: str, seconds: float, limit: int) -> bytes:
+        """``GET path`` of a backend on the probe session (never behind client traffic): the
+        body of a 2xx answer received within ``seconds``, at most ``limit`` bytes.
+
+        Raises :class:`UpstreamTimeout`, :class:`UpstreamStatusError` (not 2xx) or another
+        :class:`UpstreamError`."""
+        assert self._probe_session is not None, "UpstreamClient used outside its context"
+        headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else None
+        try:
+            async with asyncio.timeout(seconds):
+                with map_client_errors(backend.name, "connect", seconds):
+                    async with self._probe_session.get(
+                        backend.url + path, headers=headers, allow_redirects=False
+                    ) as resp:
+                        if not 200 <= resp.status < 300:
+                            raise UpstreamStatusError(
+                                resp.status, f"backend {backend.name} answered {resp.status}"
+                            )
+                        chunks: list[bytes] = []
+                        size = 0
+                        while chunk := await resp.content.readany():
+                            size += len(chunk)
+                            if size > limit:
+                                raise UpstreamProtocolError(
+                                    f"backend {backend.name} sent more than {limit} bytes"
+                                )
+                            chunks.append(chunk)
+        except TimeoutError:
+            raise UpstreamTimeout("total", seconds) from None
+        return b"".join(chunks)
 
     async def probe(self, backend: Backend, seconds: float) -> bool:
         """``GET /health`` of a backend: True for a 2xx within ``seconds``."""
