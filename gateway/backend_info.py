@@ -149,17 +149,19 @@ class BackendInfo:
         f = self._facts.get(backend.url)
         return None if f is None else f.max_model_len.get(model)
 
-    async def known_max_model_len(self, backend: Backend, model: str, wait: float) -> int | None:
-        """As :meth:`max_model_len`; when nothing was learned of the backend yet but a first
-        fetch is under way, wait for it (at most ``wait`` seconds)."""
-        f = self._facts.get(backend.url)
-        if f is None:
-            return None
-        if f.models_at is None and not f.models_tried.is_set() and self._tasks:
+    async def first_models(self, backends: Iterable[Backend], wait: float) -> None:
+        """Wait (at most ``wait`` seconds) until every backend of ``backends`` whose first
+        ``/v1/models`` fetch is under way has its answer; immediate once they all had one."""
+        pending = [
+            f.models_tried
+            for b in backends
+            if (f := self._facts.get(b.url)) is not None and not f.models_tried.is_set()
+        ]
+        if pending and self._tasks:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    await f.models_tried.wait()
-        return f.max_model_len.get(model)
+                    for event in pending:
+                        await event.wait()
 
     def learn_max_model_len(self, backend: Backend, model: str, length: int) -> None:
         """A limit read from the backend's own refusal (it changed since the last fetch)."""

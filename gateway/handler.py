@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from .control import Control
 from .errors import (
     ClientDisconnected,
     GatewayError,
@@ -161,6 +162,8 @@ class Gateway:
         #: stored-response ids name their backend (#15)
         self.response_ids = ResponseIds(settings.response_id_key)
         self.admission = Admission(settings.api_keys, settings.api_key_header, self.response_ids)
+        #: reasoning control, per-backend max_tokens, budget forcing (#17, #13 item 5)
+        self.control = Control(pool.info, upstream, pool, metrics.registry)
         self.shutting_down = False
         self._exchanges: set[Exchange] = set()
 
@@ -293,27 +296,41 @@ class Gateway:
         if endpoint != "chat" and endpoint != "completions":
             await proxy_responses(self, t, rec, ex, owner)  # the Responses API (#15)
             return
-        reasoning = reasoning_rules(t)
         upstream_body, wants_usage = build_upstream_body(t.body, profile, endpoint)
+        # reasoning control (#17): its 400s, the request's own reasoning rules
+        plan = self.control.plan(t, upstream_body)
+        t, profile = plan.ticket, plan.ticket.profile
+        reasoning = reasoning_rules(t)
         n_choices = choice_count(t.body)
-        try:
-            payload = orjson.dumps(upstream_body)
-        except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes only 255
-            raise RequestError("The request body is nested too deeply.") from None
+        await self.control.ready(plan)  # each backend's max_model_len, when first asked
         total_deadline = asyncio.get_running_loop().time() + profile.timeouts.total
         rec.overhead = time.perf_counter() - rec.started
-        _, result = await self.failover(
-            t,
-            rec,
-            ex,
-            owner,
-            path=ENDPOINT_PATHS[endpoint],
-            payload_for=lambda _backend: payload,
-            total_deadline=total_deadline,
-            sticky=affinity_key(profile, t.body, t.headers),
+
+        async def failover() -> tuple[Backend, Opened | bytes]:
+            return await self.failover(
+                t,
+                rec,
+                ex,
+                owner,
+                path=ENDPOINT_PATHS[endpoint],
+                payload_for=lambda backend: self.control.payload(plan, backend),  # #13 item 5
+                total_deadline=total_deadline,
+                sticky=affinity_key(profile, t.body, t.headers),
+            )
+
+        try:
+            backend, result = await failover()
+        except UpstreamStatusError as exc:
+            if not self.control.relearn(plan, rec.backend, exc):
+                raise
+            backend, result = await failover()  # its shorter context learned: once more
+        # budget forcing, the thinking-off quirk (#17)
+        result = await self.control.after(
+            plan, result, backend, owner, rec.request_id, total_deadline
         )
         # a stream can last minutes: nothing held for retries is needed any more
-        payload = upstream_body = b""  # type: ignore[assignment]
+        upstream_body = {}
+        plan.release()
         if isinstance(result, Opened):
             await self._stream(
                 result, t, rec, ex, total_deadline, wants_usage, reasoning, n_choices

@@ -121,7 +121,7 @@ def effective_sampling(profile: Profile) -> dict[str, Any]:
     out = {k: v for k, v in profile.defaults.items() if k in SAMPLING_FIELDS}
     limit = profile.max_tokens_limit
     if limit is not None:
-        out["max_tokens"] = limit  # the limit is applied before defaults (check_request)
+        out["max_tokens"] = limit  # the limit is applied before defaults (build_upstream_body)
     out.update({k: v for k, v in profile.overrides.items() if k in SAMPLING_FIELDS})
     return out
 

@@ -91,6 +91,7 @@ class ReasoningStream:
     """One choice's reasoning handling on a chat stream (after the stop-text scrub)."""
 
     __slots__ = (
+        "answer_chars",
         "answering",
         "chars",
         "prefix",
@@ -112,6 +113,9 @@ class ReasoningStream:
         self.answering = False
         #: reasoning characters seen (also in ``hide`` mode)
         self.chars = 0
+        #: answer characters sent (with ``chars``: the share behind the reasoning-token
+        #: estimate, :mod:`usage`)
+        self.answer_chars = 0
         #: text streamed as reasoning while no ``</think>`` closed it (see module doc)
         self.unterminated_text: list[str] = []
         #: ``inline`` mode shows the gateway-sent assistant prefix before the first text, so
@@ -135,13 +139,18 @@ class ReasoningStream:
             return None
         if key == "content":
             if self.upstream_split:
-                return {"content": text} if self.answering else None
+                if not self.answering:
+                    return None
+                self.answer_chars += len(text)
+                return {"content": text}
             sp = self.splitter
             if sp is None:
+                self.answer_chars += len(text)
                 return {"content": text}
             if sp._held or sp._after_close:
                 return None
             if not sp.in_reasoning:
+                self.answer_chars += len(text)
                 return {"content": text}
             if sp.closed:
                 self.unterminated_text.clear()
@@ -193,6 +202,9 @@ class ReasoningStream:
                 self._put(delta, r, None)
             else:
                 delta["content"] = text
+        answer = delta.get("content")
+        if isinstance(answer, str):
+            self.answer_chars += len(answer)
         for key in delta:
             if key != "role":
                 return True
@@ -207,11 +219,15 @@ class ReasoningStream:
             self.unterminated_text.append(r)
         if c:
             delta["content"] = delta.get("content", "") + c
+            self.answer_chars += len(c)
         self._put(delta, r, None)
         if not self.splitter.closed and self.unterminated_text:
             if finish_reason == "stop":
-                delta["content"] = "".join(self.unterminated_text)
+                text = delta["content"] = "".join(self.unterminated_text)
                 choice["reasoning_unterminated"] = True
+                # it was the answer after all
+                self.chars -= len(text)
+                self.answer_chars += len(text)
             elif finish_reason == "length":
                 choice["reasoning_truncated"] = True
 
@@ -227,8 +243,9 @@ def split_message(
     rules: ReasoningRules,
     finish_reason: str,
     assistant_prefix: str = "",
-) -> None:
-    """The same rules for a non-streaming message, in place."""
+) -> int:
+    """The same rules for a non-streaming message, in place; returns the number of
+    reasoning characters (also when hidden)."""
     upstream = None
     for f in UPSTREAM_FIELDS:
         value = message.pop(f, None)
@@ -253,7 +270,9 @@ def split_message(
                 elif finish_reason == "length":
                     choice["reasoning_truncated"] = True
             message["content"] = content or None
-    if rules.mode == "hide" or reasoning is None:
-        return
-    for f in rules.fields:
-        message[f] = reasoning
+    if reasoning is None:
+        return 0
+    if rules.mode != "hide":
+        for f in rules.fields:
+            message[f] = reasoning
+    return len(reasoning)

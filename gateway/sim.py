@@ -331,8 +331,10 @@ class SimVLLM:
     ) -> list[tuple[int, str]]:
         """The model's output for one choice: thinking rules, then tool calls or structured
         output in place of the answer."""
-        if reasoning:
-            script = sp.shape_thinking(script, off=sp.thinking_off(body), budget=budget)
+        closed = sp.prompt_closed_think(body, "messages" in body)
+        if reasoning or closed:  # a prompt that closed the block: only the answer
+            off = closed or sp.thinking_off(body)
+            script = sp.shape_thinking(script, off=off, budget=budget if reasoning else None)
         if calls or structured is not None:
             tail = sp.tool_call_tokens(calls) if calls else sp.pieces(structured or "", sp.TEXT_ID)
             if reasoning:

@@ -110,7 +110,7 @@ def full_body(job: Job) -> dict[str, Any]:
         "usage": usage,
         "prompt_logprobs": None,
         "prompt_token_ids": None,
-        "prompt_text": None,
+        "prompt_text": sp.render_prompt(job.body) if job.body.get("return_prompt_text") else None,
         "kv_transfer_params": None,
         "ec_transfer_params": None,
         "metrics": None,
@@ -198,8 +198,16 @@ class ChatStream:
             "created": job.created,
             "model": job.model,
         }
-        # a prompt that closed the think block (thinking off) starts the stream in content
-        reasoning = job.reasoning and not sp.thinking_off(job.body)
+        # a prompt that closed the think block (thinking off, a continued answer) starts the
+        # stream in content
+        reasoning = (
+            job.reasoning
+            and not sp.thinking_off(job.body)
+            and not sp.prompt_closed_think(job.body, job.chat)
+        )
+        opts = job.body.get("stream_options") or {}
+        #: vLLM's stream_options.continuous_usage_stats: usage on every chunk
+        self.continuous = bool(opts.get("continuous_usage_stats"))
         self.parsers = [
             sp.StreamParser(reasoning=reasoning, tool_mode=job.tool_mode, new_id=new_id)
             for _ in job.choices
@@ -218,6 +226,14 @@ class ChatStream:
         elif seconds > 0:
             await asyncio.sleep(seconds)
 
+    def usage_so_far(self, i: int, count: int) -> dict[str, Any]:
+        """vLLM's per-chunk usage (continuous_usage_stats): the choice's tokens so far."""
+        job = self.job
+        reasoning = None
+        if job.reasoning and job.chat:
+            reasoning = sp.count_reasoning_tokens(job.choices[i].tokens[:count])
+        return usage_block(job.prompt_tokens, count, reasoning, full=False)
+
     def chunk(
         self,
         i: int,
@@ -225,6 +241,7 @@ class ChatStream:
         fin: str | None = None,
         sr: Any = None,
         final: bool = False,
+        count: int = 0,
     ) -> bytes:
         text = group[0][1] if len(group) == 1 else "".join(p for _, p in group)
         if self.job.chat:
@@ -254,27 +271,31 @@ class ChatStream:
                 "prompt_token_ids": None,
                 "token_ids": None,
             }
-        out = {**self.base, "choices": [ch]}
+        out: dict[str, Any] = {**self.base, "choices": [ch]}
         if final and fin is not None and not self.include_usage:
             out["system_fingerprint"] = FINGERPRINT  # vLLM stamps the terminal chunk
+        if self.continuous:
+            out["usage"] = self.usage_so_far(i, count)
         return sse(out)
 
     def role_chunk(self, i: int) -> bytes:
-        return sse(
-            {
-                **self.base,
-                "choices": [
-                    {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-                "prompt_token_ids": None,
-                "prompt_text": None,
-            }
-        )
+        body = self.job.body
+        out: dict[str, Any] = {
+            **self.base,
+            "choices": [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+            "prompt_token_ids": None,
+            "prompt_text": sp.render_prompt(body) if body.get("return_prompt_text") else None,
+        }
+        if self.continuous:
+            out["usage"] = self.usage_so_far(i, 0)
+        return sse(out)
 
     def finish_mode(self, i: int) -> Any:
         mode = self.faults.get("finish")
@@ -306,18 +327,18 @@ class ChatStream:
                 group = c.tokens[pos[i] : pos[i] + merge]
                 pos[i] += len(group)
                 if pos[i] < len(c.tokens):
-                    out.append(self.chunk(i, group))
+                    out.append(self.chunk(i, group, count=pos[i]))
                     still.append(i)
                     continue
                 mode = self.finish_mode(i)
                 if mode == "omit":
                     if group:
-                        out.append(self.chunk(i, group))
+                        out.append(self.chunk(i, group, count=pos[i]))
                 elif mode == "null":
-                    out.append(self.chunk(i, group, None, None, final=True))
+                    out.append(self.chunk(i, group, None, None, final=True, count=pos[i]))
                 else:
                     fin = "abort" if mode == "abort" else c.finish
-                    out.append(self.chunk(i, group, fin, c.stop_reason, final=True))
+                    out.append(self.chunk(i, group, fin, c.stop_reason, final=True, count=pos[i]))
                     self.server.load.finished(fin)
             done = pos[0] if single else max(pos)
             self.slot.generated = done if single else sum(pos)

@@ -60,6 +60,50 @@ def thinking_off(body: dict[str, Any]) -> bool:
     return body.get("reasoning_effort") == "none"
 
 
+def prompt_closed_think(body: dict[str, Any], chat: bool) -> bool:
+    """The prompt itself closed the think block: a continued final assistant message
+    (``continue_final_message``) or a completions prompt whose last ``<think>`` is closed.
+    The model then generates only the answer, and vLLM's streaming reasoning parser (which
+    checks the prompt) puts it in ``content``."""
+    if chat:
+        msgs = body.get("messages")
+        if not body.get("continue_final_message") or not isinstance(msgs, list) or not msgs:
+            return False
+        last = msgs[-1]
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            return False
+        text = last.get("content")
+    else:
+        text = body.get("prompt")
+    return isinstance(text, str) and text.rfind("</think>") > text.rfind("<think>")
+
+
+def render_prompt(body: dict[str, Any]) -> str:
+    """The prompt text vLLM returns with ``return_prompt_text`` (the sim's ChatML-like
+    template: the generation prompt opens ``<think>\n``, or closes an empty block with
+    thinking off, as the script assumes)."""
+    msgs = [m for m in body.get("messages") or () if isinstance(m, dict)]
+    cont = bool(body.get("continue_final_message")) and bool(msgs)
+    out = []
+    for i, m in enumerate(msgs):
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(
+                p.get("text") or ""
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
+            )
+        text = content if isinstance(content, str) else ""
+        if cont and i == len(msgs) - 1:
+            out.append(f"<|im_start|>{m.get('role')}\n{text}")
+            return "".join(out)
+        out.append(f"<|im_start|>{m.get('role')}\n{text}<|im_end|>\n")
+    if body.get("add_generation_prompt", True):
+        out.append("<|im_start|>assistant\n")
+        out.append("<think>\n\n</think>\n\n" if thinking_off(body) else "<think>\n")
+    return "".join(out)
+
+
 def split_think(script: list[Token]) -> tuple[list[Token], Token | None, list[Token]]:
     for i, tok in enumerate(script):
         if tok[1] == "</think>":

@@ -35,6 +35,7 @@ from .protocol import DONE_FRAME, FINISH_REASONS, FINISH_REPAIRS, Endpoint, erro
 from .reasoning import UPSTREAM_FIELDS, ReasoningStream, split_message
 from .sse import EventTooLarge, SSEDecoder
 from .stoptext import StopTextMatcher
+from .usage import fill_reasoning_tokens
 
 HEARTBEAT_FRAME = b": keep-alive\n\n"
 
@@ -229,6 +230,8 @@ class StreamNormalizer:
         if usage is not None:
             if isinstance(usage, dict):
                 self.usage = usage
+                if self.reasoning is not None and not choices:  # the usage chunk
+                    fill_reasoning_tokens(usage, self.reasoning_chars, self.answer_chars)
             if not choices:
                 if not self.include_usage:
                     return []
@@ -382,6 +385,10 @@ class StreamNormalizer:
     @property
     def reasoning_chars(self) -> int:
         return sum(c.reasoning.chars for c in self._choices.values() if c.reasoning)
+
+    @property
+    def answer_chars(self) -> int:
+        return sum(c.reasoning.answer_chars for c in self._choices.values() if c.reasoning)
 
     def protocol_error(self, message: str) -> bytes:
         """The upstream broke the protocol outside any one payload (e.g. an event too
@@ -685,6 +692,7 @@ def normalize_response(
     """The contract for a non-streaming response: model name, stop text, finish, reasoning."""
     obj["model"] = public_model
     chat = endpoint == "chat"
+    reasoning_chars = answer_chars = 0
     for ch in obj.get("choices") or ():
         reason = ch.get("finish_reason")
         holder = ch.get("message") if chat else ch
@@ -708,5 +716,11 @@ def normalize_response(
                 ch["finish_reason"] = norm
                 ch["upstream_finish_reason"] = reason
         if chat and reasoning is not None and isinstance(holder, dict):
-            split_message(holder, ch, reasoning, ch["finish_reason"], assistant_prefix)
+            reasoning_chars += split_message(
+                holder, ch, reasoning, ch["finish_reason"], assistant_prefix
+            )
+            answer = holder.get("content")
+            answer_chars += len(answer) if isinstance(answer, str) else 0
+    if chat and reasoning is not None:
+        fill_reasoning_tokens(obj.get("usage"), reasoning_chars, answer_chars)
     return obj

@@ -1,7 +1,9 @@
 """Pure functions: a validated client request + a profile -> the body sent upstream.
 
 Order of application (documented in the README):
-1. ``model`` becomes the profile's ``upstream_model``.
+1. ``model`` becomes the profile's ``upstream_model``; ``max_tokens_limit`` fills
+   ``max_tokens`` when the client sent neither spelling (the gateway's own value, which
+   :mod:`control` may cap per backend).
 2. ``defaults`` fill fields the client did not send (or sent as ``null``).
 3. ``overrides`` replace fields whatever the client sent; an override of ``null`` removes
    the field (the client's fields were already checked against the profile's field policy,
@@ -136,6 +138,10 @@ def build_upstream_body(
     """Return ``(upstream_body, client_wants_usage)``; ``body`` is not modified."""
     out = dict(body)
     out["model"] = profile.upstream_model
+    limit = profile.max_tokens_limit
+    if limit is not None and out.get("max_tokens") is None:
+        if out.get("max_completion_tokens") is None:
+            out["max_tokens"] = limit
     for key, value in profile.defaults.items():
         if out.get(key) is None:
             out[key] = value
@@ -170,7 +176,9 @@ def check_request(
     body: dict[str, Any], endpoint: str, profile: Profile, limits: LimitsSpec, chars: int
 ) -> None:
     """The field policy, size limits, ``n`` and ``max_tokens`` rules; clamps ``max_tokens``
-    (and drops denied fields, when the policy says ``drop``) in ``body``.
+    (and drops denied fields, when the policy says ``drop``) in ``body``. For chat and
+    completions ``body`` keeps what the client asked for: an absent ``max_tokens`` is filled
+    later, upstream only (:func:`build_upstream_body`).
 
     ``chars`` counts everything that reaches the model: every string of the request (message
     contents and names, tool definitions and calls, image data URLs, ...) and 4 per token id.
@@ -207,7 +215,9 @@ def check_request(
             if profile.max_tokens_policy == "reject":
                 raise RequestError(f"{key}: at most {limit} for this model, got {value}", param=key)
             body[key] = limit
-    if not asked:
+    if not asked and endpoint == "responses":
+        # chat and completions get it upstream only (build_upstream_body), where it may be
+        # capped per backend (control)
         body[keys[0]] = limit
 
 
