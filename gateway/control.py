@@ -151,8 +151,12 @@ def _anthropic(value: Any) -> Ask:
     )
 
 
-def read_asks(body: dict[str, Any], control: ReasoningControl) -> list[Ask]:
-    """Every reasoning ask of a request, checked (400 naming the field)."""
+def read_asks(
+    body: dict[str, Any], control: ReasoningControl, client_kwargs: Any = None
+) -> list[Ask]:
+    """Every reasoning ask of a request, checked (400 naming the field). ``body`` has the
+    profile's defaults and overrides applied (a profile may set a default effort); the
+    template switch counts as an ask only when the client sent it (``client_kwargs``)."""
     asks = []
     efforts = control.efforts
     if body.get("reasoning_effort") is not None:
@@ -165,10 +169,9 @@ def read_asks(body: dict[str, Any], control: ReasoningControl) -> list[Ask]:
     if budget is not None:
         value = _int(budget, "thinking_token_budget", -1)
         asks.append(Ask("thinking_token_budget", None, True, None if value == -1 else value))
-    kwargs = body.get("chat_template_kwargs")
     switch = control.off_switch
-    if switch and isinstance(kwargs, dict) and isinstance(kwargs.get(switch), bool):
-        asks.append(Ask(f"chat_template_kwargs.{switch}", kwargs[switch]))
+    if switch and isinstance(client_kwargs, dict) and isinstance(client_kwargs.get(switch), bool):
+        asks.append(Ask(f"chat_template_kwargs.{switch}", client_kwargs[switch]))
     return asks
 
 
@@ -288,25 +291,27 @@ class Control:
                 body.pop(key, None)  # a model that does not reason: nothing to steer
             return plan
         c = rules.control
-        asks = read_asks(body, c)
+        client_kwargs = t.body.get("chat_template_kwargs")
+        asks = read_asks(body, c, client_kwargs)
         ask = merge_asks(asks) if asks else Ask("")
         for key in (*DIALECTS, "thinking_token_budget"):
             body.pop(key, None)
         kwargs = body.get("chat_template_kwargs")
         kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
-        switch = c.off_switch
+        switch = c.off_switch if t.endpoint == "chat" else None
         budget = ask.budget if ask.budget_set else c.default_budget
-        if ask.enabled is False:
-            budget = None
-            if switch and t.endpoint == "chat":
-                plan.thinking_off = True
-                kwargs.setdefault(switch, False)
-            else:
-                budget = 0
-        elif ask.enabled and switch and t.endpoint == "chat":
-            kwargs.setdefault(switch, True)
+        if switch and ask.enabled is not None:
+            forced = t.profile.overrides.get("chat_template_kwargs")
+            sent = isinstance(client_kwargs, dict) and switch in client_kwargs
+            if not sent and not (isinstance(forced, dict) and switch in forced):
+                kwargs[switch] = ask.enabled  # the client's ask beats the profile's default
         if kwargs:
             body["chat_template_kwargs"] = kwargs
+        if switch and kwargs.get(switch) is False:
+            plan.thinking_off = True  # the template closes an empty think block
+            budget = None
+        elif ask.enabled is False:
+            budget = 0  # no switch (or the profile forces thinking on): end it at once
         profile = t.profile
         new_rules = rules
         if ask.exclude and rules.mode != "hide":

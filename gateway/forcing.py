@@ -328,7 +328,8 @@ class ForcingSource:
                 "choices": [
                     {
                         "index": 0,
-                        "delta": {"content": self.force.control.closing},
+                        # the tag only: the newline before it is no reasoning of the model's
+                        "delta": {"content": self.force.control.closing.lstrip("\n")},
                         "logprobs": None,
                         "finish_reason": None,
                     }
@@ -538,7 +539,9 @@ async def continue_json(raw: bytes, force: Force, start: StartJson) -> bytes:
         answer = "" if forced else (msg.get("content") or "")
         msg["content"] = answer + text2
     else:
-        msg["content"] = "".join(tracker.raw) + (force.control.closing if forced else "") + text2
+        # as in the stream: the closing tag ends the reasoning, its newline is not reasoning
+        closing = force.control.closing.lstrip("\n") if forced else ""
+        msg["content"] = "".join(tracker.raw) + closing + text2
     ch["finish_reason"] = ch2.get("finish_reason")
     ch["stop_reason"] = ch2.get("stop_reason")
     usage2 = obj2.get("usage")

@@ -476,11 +476,6 @@ def test_reasoning_split_by_vllm_looks_the_same(results: Any, client: str) -> No
         assert vllms["reasoning"] == ours["reasoning"], explain(vllms)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 5: max_tokens_limit (32768) is injected when the client sent none; "
-    "a vLLM with --max-model-len 8192 refuses it",
-)
 @pytest.mark.parametrize("client", NAMES)
 def test_no_max_tokens_against_a_short_context_vllm(results: Any, client: str) -> None:
     """Item 5: a call that sends no max_tokens works against a vLLM with a short context."""
