@@ -220,6 +220,7 @@ models:
   tiny:
     upstream_model: {SERVED}
     backends: [{{url: "{vllm_url}"}}]
+    max_tokens_policy: reject            # a client's own max_tokens reaches vLLM as sent
     stop_token_ids: [300]
     defaults: {{temperature: 0.6, top_p: 0.95, top_k: 20}}
     overrides: {{min_p: 0.05}}

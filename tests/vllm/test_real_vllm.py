@@ -141,6 +141,7 @@ def test_include_usage_with_and_without_the_client_asking(
 
 
 def test_vllm_error_bodies_passed_on(client: openai.OpenAI) -> None:
+    # (max_tokens_policy: reject: the gateway leaves the client's value alone)
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="tiny", messages=USER, max_tokens=100000)
     assert bad.value.status_code == 400
