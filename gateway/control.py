@@ -285,6 +285,8 @@ class Control:
         plan = Plan(t, body)
         client_max = next((t.body[k] for k in _MAX_KEYS if t.body.get(k) is not None), None)
         plan.cap = client_max is None or t.profile.max_tokens_policy == "clamp"
+        if t.endpoint not in ("chat", "completions"):
+            return plan  # other APIs (Responses) speak their own reasoning fields
         rules = t.profile.reasoning
         if rules is None:
             for key in DIALECTS:
