@@ -80,14 +80,4 @@ class ReasoningControl:
 
     @classmethod
     def from_spec(cls, spec: ReasoningControlSpec) -> ReasoningControl:
-        return cls(
-            efforts=spec.efforts.model_dump(),
-            default_budget=spec.default_budget,
-            off_switch=spec.off_switch,
-            enforce=spec.enforce,
-            short_max_tokens=spec.short_max_tokens,
-            answer_room=spec.answer_room,
-            continuation=spec.continuation,
-            opening=spec.opening,
-            closing=spec.closing,
-        )
+        return cls(**spec.model_dump())

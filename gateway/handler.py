@@ -130,6 +130,25 @@ class Exchange:
         status, body, headers = render_error(exc)
         await self.whole(status, body, [*_JSON_HEADERS, *headers])
 
+    async def stream(
+        self,
+        opened: Opened,
+        norm: Normalizer,
+        timeouts: Any,
+        total_deadline: float,
+        inter_chunk: Any,
+    ) -> None:
+        """Answer with the primed upstream stream, normalized by ``norm``, to its end; the
+        gaps between upstream events go to the ``inter_chunk`` histogram child."""
+        self.norm = norm
+        await self.start(200, _SSE_HEADERS)
+        gaps = GapCounts()
+        try:
+            tail = await relay(opened, norm, timeouts, total_deadline, self.body, on_gap=gaps)
+        finally:
+            gaps.flush_into(inter_chunk)
+        await self.end(tail)
+
 
 def watch_disconnect(receive: Any, ex: Exchange, owner: Owner) -> None:
     """Cancel the request when its client goes away (uvicorn reports a disconnect only to
@@ -475,14 +494,13 @@ class Gateway:
             assistant_prefix=profile.assistant_prefix,
             termination=profile.stream_termination,
         )
-        ex.norm = norm
-        await ex.start(200, _SSE_HEADERS)
-        gaps = GapCounts()
-        try:
-            tail = await relay(opened, norm, profile.timeouts, total_deadline, ex.body, on_gap=gaps)
-        finally:
-            gaps.flush_into(self.metrics.inter_chunk.labels(rec.model))
-        await ex.end(tail)
+        await ex.stream(
+            opened,
+            norm,
+            profile.timeouts,
+            total_deadline,
+            self.metrics.inter_chunk.labels(rec.model),
+        )
 
     async def _json(
         self,

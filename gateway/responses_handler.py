@@ -28,7 +28,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from .metrics import GapCounts, RequestRecord
+from .metrics import RequestRecord
 from .owner import Owner
 from .profiles import Backend, Profile
 from .responses import (
@@ -40,17 +40,12 @@ from .responses import (
 )
 from .responses_stream import ResponsesStreamNormalizer, prime
 from .security import Ticket, allows
-from .stream import Opened, relay
+from .stream import Opened
 
 if TYPE_CHECKING:
     from .handler import Exchange, Gateway
 
 PATH = "/v1/responses"
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 class RouteMissing(UpstreamStatusError):
@@ -149,14 +144,9 @@ async def _stream(
         max_chars=t.snapshot.limits.max_upstream_body_bytes,
         starting_after=starting_after,
     )
-    ex.norm = norm
-    await ex.start(200, _SSE_HEADERS)
-    gaps = GapCounts()
-    try:
-        tail = await relay(opened, norm, profile.timeouts, total_deadline, ex.body, on_gap=gaps)
-    finally:
-        gaps.flush_into(gw.metrics.inter_chunk.labels(rec.model))
-    await ex.end(tail)
+    await ex.stream(
+        opened, norm, profile.timeouts, total_deadline, gw.metrics.inter_chunk.labels(rec.model)
+    )
 
 
 async def _json(raw: bytes, profile: Profile, rec: RequestRecord, ex: Exchange) -> None:
