@@ -103,7 +103,7 @@ def test_all_down_still_tries_the_least_recently_failed() -> None:
 
 # -- load routing (BackendInfo facts injected, no sockets) ---------------------------------
 
-from gateway.backend_info import BackendInfo, parse_load, parse_models  # noqa: E402
+from gateway.backend_info import MAX_SAMPLES, BackendInfo, parse_load, parse_models  # noqa: E402
 from gateway.routing import Load, RoutingSpec, score  # noqa: E402
 
 D = Backend(name="d", url="http://d:1", weight=1)
@@ -235,6 +235,18 @@ def test_parse_load_sums_engines_and_averages_kv() -> None:
     assert parse_load(old) == (1.0, 0.0, 0.8)
     assert parse_load(b"# nothing of vLLM here\nprocess_cpu_seconds_total 3\n") is None
     assert parse_load(b"vllm:num_requests_running{broken 3\nvllm:kv_cache_usage_perc x\n") is None
+
+
+def test_parse_load_hostile_bodies() -> None:
+    """Lines of other families, names that only start like a load family, values on the
+    next line and samples past the cap are not read."""
+    noise = b"vllm:num_requests_running_total 7\n" + b"vllm:x 1\n" * 50_000
+    tail = b'vllm:num_requests_waiting{engine="0"} 2\n'
+    assert parse_load(noise + tail) == (0.0, 2.0, 0.0)
+    assert parse_load(b"vllm:num_requests_running\n5\n") is None
+    flood = b"vllm:num_requests_running 1\n" * (MAX_SAMPLES + 500)
+    assert parse_load(flood) == (float(MAX_SAMPLES), 0.0, 0.0)
+    assert parse_load(b"vllm:num_requests_waiting -3\nvllm:num_requests_waiting inf\n") is None
 
 
 def test_parse_models_reads_max_model_len_per_served_id() -> None:
