@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 #: the client dialects the gateway translates (removed from the upstream body)
 DIALECTS = ("reasoning_effort", "reasoning", "thinking")
 _MAX_KEYS = ("max_tokens", "max_completion_tokens")
-_REFUSED_LEN = re.compile(r"cannot be greater than max_model_len=(\d+)")
+_REFUSED_LEN = re.compile(r"cannot be greater than max_model_len=([1-9]\d{0,11})\b")
 #: seconds a request waits for a backend's first /v1/models answer
 MODELS_WAIT = 2.0
 

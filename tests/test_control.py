@@ -257,6 +257,10 @@ def test_payload_caps_per_backend_and_a_refusal_teaches_the_limit() -> None:
     other = UpstreamStatusError(400, "something else")
     fresh = plan_for("qwen")
     assert not ctl.relearn(fresh, "b0", other)
+    # a broken or hostile backend's message teaches nothing absurd (and never raises)
+    for bogus in ("max_model_len=0.", "max_model_len=" + "9" * 5000 + ".", "max_model_len=-5."):
+        refusal = UpstreamStatusError(400, f"max_tokens=1 cannot be greater than {bogus}")
+        assert not ctl.relearn(plan_for("qwen"), "b0", refusal)
 
 
 def test_a_clients_explicit_value_is_capped_only_under_clamp() -> None:
