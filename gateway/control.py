@@ -86,9 +86,13 @@ def _bad(message: str, param: str) -> RequestError:
     return RequestError(message, param=param)
 
 
+#: the largest budget a request may name (what vLLM's int32 token counters hold)
+MAX_BUDGET = 2**31 - 1
+
+
 def _int(value: Any, param: str, low: int) -> int:
-    if type(value) is not int or value < low:
-        raise _bad(f"{param}: must be an integer >= {low}, got {value!r}", param)
+    if type(value) is not int or not low <= value <= MAX_BUDGET:
+        raise _bad(f"{param}: must be an integer from {low} to {MAX_BUDGET}, got {value!r}", param)
     return value
 
 
@@ -352,10 +356,12 @@ class Control:
         if current is None or current > budget:
             return
         if client_max is not None and c.short_max_tokens == "reject":
+            # the field that counts (vLLM: max_completion_tokens wins), with its own value
             key = next(k for k in reversed(_MAX_KEYS) if plan.ticket.body.get(k) is not None)
+            asked = plan.ticket.body[key]
             raise _bad(
-                f"{key} ({client_max}) must be larger than the reasoning budget ({budget} "
-                "tokens) to leave room for the answer: raise it or ask for less reasoning",
+                f"{key} ({asked}) must be larger than the reasoning budget ({budget} tokens) "
+                "to leave room for the answer: raise it or ask for less reasoning",
                 key,
             )
         for k in keys:

@@ -154,6 +154,9 @@ def test_exclude_hides_the_reasoning_for_that_request_only() -> None:
         ({"thinking": []}, "thinking"),
         ({"thinking_token_budget": -2}, "thinking_token_budget"),
         ({"thinking_token_budget": 1.5}, "thinking_token_budget"),
+        ({"thinking_token_budget": 2**63}, "thinking_token_budget"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2**31}}, "thinking.budget_tokens"),
+        ({"reasoning": {"max_tokens": 10**30}}, "reasoning.max_tokens"),
         (
             {"reasoning_effort": "none", "thinking": {"type": "enabled", "budget_tokens": 9}},
             "thinking",
@@ -187,6 +190,9 @@ def test_a_client_max_tokens_at_or_below_the_budget_is_refused() -> None:
         plan_for("qwen", reasoning_effort="medium", max_tokens=400)
     with pytest.raises(RequestError, match="max_completion_tokens"):
         plan_for("qwen", reasoning_effort="medium", max_completion_tokens=100)
+    # both sent: vLLM uses max_completion_tokens, and the message quotes its value
+    with pytest.raises(RequestError, match=r"max_completion_tokens \(2\) must be larger"):
+        plan_for("qwen", thinking_token_budget=4, max_completion_tokens=2, max_tokens=100)
     assert plan_for("qwen", reasoning_effort="medium", max_tokens=401).body["max_tokens"] == 401
 
 
