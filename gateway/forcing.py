@@ -509,6 +509,12 @@ async def continue_json(raw: bytes, force: Force, start: StartJson) -> bytes:
     forced = not tracker.done
     if not forced and force.answer_max is not None and used >= force.answer_max:
         return orjson.dumps(obj)  # the answer reached the client's own max_tokens
+    if forced and force.budget == 0:
+        # vLLM generates at least one token: a budget of 0 drops it (as the stream does)
+        tracker, used = Tracker(force.rules, force.assistant_prefix), 0
+        for key in ("reasoning", "reasoning_content"):
+            msg.pop(key, None)
+        msg["content"] = None
     if forced:
         force.on_forced()
     path, body = Continuation(force).request(

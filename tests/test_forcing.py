@@ -326,3 +326,32 @@ def test_non_stream_parts_are_joined_into_one_message() -> None:
         == "short</think>\n\nok"
     )
     assert len(asked) == 1
+
+
+@pytest.mark.parametrize("rules", [SPLIT, UPSTREAM_SPLIT])
+def test_non_stream_budget_zero_drops_the_one_token_vllm_must_generate(
+    rules: ReasoningRules,
+) -> None:
+    """vLLM refuses max_tokens 0, so the first part of a budget of 0 generates one token:
+    it is neither shown nor counted, as in the stream, and the continuation starts from an
+    empty reasoning."""
+    f, forced = force(rules, 0)
+    asked: list[dict[str, Any]] = []
+
+    async def start(path: str, body: dict[str, Any]) -> bytes:
+        asked.append(body)
+        return nonstream("The answer.", None, "stop", 3)
+
+    first = (
+        nonstream("Okay", None, "length", 1)
+        if rules is SPLIT
+        else nonstream(None, "Okay", "length", 1)
+    )
+    obj = orjson.loads(asyncio.run(continue_json(first, f, start)))
+    msg = obj["choices"][0]["message"]
+    assert "Okay" not in orjson.dumps(msg).decode()
+    assert "Okay" not in orjson.dumps(asked[0]).decode()
+    assert msg["content"].endswith("The answer.")
+    assert obj["usage"]["completion_tokens"] == 3
+    assert obj["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+    assert forced == [1]
