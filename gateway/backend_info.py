@@ -62,6 +62,8 @@ _LOAD_SAMPLE = re.compile(
 #: samples read at most per scrape (a real vLLM has one per engine; 8 data-parallel
 #: engines make 32); the rest of a hostile body is not looked at
 MAX_SAMPLES = 1024
+#: the largest value one sample counts for (requests; KV-cache usage is capped at 1 anyway)
+MAX_SAMPLE_VALUE = 1e9
 
 
 def parse_load(text: bytes) -> tuple[float, float, float] | None:
@@ -79,7 +81,7 @@ def parse_load(text: bytes) -> tuple[float, float, float] | None:
             continue
         if math.isfinite(value) and value >= 0:
             kind = _LOAD_NAMES[m.group(1)]
-            sums[kind] += value
+            sums[kind] += min(value, MAX_SAMPLE_VALUE)  # a sum of huge values stays finite
             counts[kind] += 1
     if not any(counts.values()):
         return None

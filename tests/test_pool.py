@@ -247,6 +247,8 @@ def test_parse_load_hostile_bodies() -> None:
     flood = b"vllm:num_requests_running 1\n" * (MAX_SAMPLES + 500)
     assert parse_load(flood) == (float(MAX_SAMPLES), 0.0, 0.0)
     assert parse_load(b"vllm:num_requests_waiting -3\nvllm:num_requests_waiting inf\n") is None
+    huge = b"vllm:num_requests_running 1e308\n" * 3 + b"vllm:kv_cache_usage_perc 1e308\n"
+    assert parse_load(huge) == (3e9, 0.0, 1.0)  # finite: the load stays comparable
 
 
 def test_parse_models_reads_max_model_len_per_served_id() -> None:
