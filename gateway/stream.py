@@ -631,14 +631,18 @@ class _Watchdog:
     A stream's deadline (the next of: idle, total, heartbeat) only moves later, so the timer
     stays armed at an earlier time and, when it fires early, is re-armed at the current
     deadline. It cancels the stream's task only while a read is pending (never a send), and
-    tells its own cancellation from anyone else's as ``asyncio.timeout`` does."""
+    tells its own cancellation from anyone else's as ``asyncio.timeout`` does.
 
-    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+    The time a timer is armed for is kept here, not read back from the handle: uvloop's
+    ``call_at`` returns a plain ``Handle`` (no ``when()``) for a time less than 1 ms away."""
+
+    __slots__ = ("_armed", "_deadline", "_fired", "_handle", "_loop", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._task: asyncio.Task[Any] | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
+        self._armed = 0.0  # when the handle fires (loop time)
         self._deadline = 0.0
         self._fired = False
 
@@ -649,10 +653,10 @@ class _Watchdog:
         task = self._task = asyncio.current_task()
         assert task is not None
         self._deadline = deadline
-        if self._handle is None or self._handle.when() > deadline:
+        if self._handle is None or self._armed > deadline:
             if self._handle is not None:
                 self._handle.cancel()
-            self._handle = self._loop.call_at(deadline, self._wake)
+            self._arm(deadline)
         cancelling = task.cancelling()
         try:
             return await source.read_chunk()
@@ -669,10 +673,14 @@ class _Watchdog:
         if self._task is None:
             return  # between reads: the next read arms it again
         if self._loop.time() < self._deadline:  # the deadline moved on since it was armed
-            self._handle = self._loop.call_at(self._deadline, self._wake)
+            self._arm(self._deadline)
             return
         self._fired = True
         self._task.cancel()
+
+    def _arm(self, when: float) -> None:
+        self._handle = self._loop.call_at(when, self._wake)
+        self._armed = when
 
     def close(self) -> None:
         if self._handle is not None:

@@ -230,3 +230,28 @@ def test_heartbeats_while_hidden_reasoning_streams() -> None:
     assert body.count(b": keep-alive\n\n") == 3  # at 10, 20 and 30 s
     assert b"thinking" not in body and b"answer" in body
     assert elapsed == pytest.approx(35)
+
+
+def test_watchdog_under_uvloop_with_a_deadline_less_than_a_millisecond_away() -> None:
+    """uvloop's ``call_at`` for a time under 1 ms away returns a plain ``Handle`` (no
+    ``when()``); reads right after it, and its timeout, still work (they raised
+    AttributeError inside a hidden-reasoning stream with a short heartbeat)."""
+    import uvloop
+
+    from gateway.stream import _Watchdog
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dog = _Watchdog(loop)
+        source = FakeSource([b"a", b"b", 5.0])
+        try:
+            assert await dog.read(source, loop.time() + 0.0003) == b"a"
+            assert await dog.read(source, loop.time() + 0.0002) == b"b"
+            with pytest.raises(TimeoutError):
+                await dog.read(source, loop.time() + 0.0004)
+            assert await asyncio.sleep(0, "not cancelled") == "not cancelled"
+        finally:
+            dog.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
