@@ -336,10 +336,7 @@ def _store_flow(url: str, model: str) -> dict[str, Any]:
                 RESP,
                 {
                     "model": model,
-                    # longer than the first's instructions (not carried over): with the
-                    # history, the input then outgrows the first's whatever the random
-                    # model wrote (its 3 tokens may be reasoning the template drops)
-                    "input": "again, and this time say it in more words please",
+                    "input": "again",
                     "max_output_tokens": 3,
                     "previous_response_id": rid,
                     "sim": {"tokens": SCRIPT},
