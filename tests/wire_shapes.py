@@ -323,6 +323,7 @@ def _store_flow(url: str, model: str) -> dict[str, Any]:
             "input": "hi",
             "max_output_tokens": 3,
             "instructions": "be brief",
+            "seed": 1,  # the random model's 3 tokens decide the output items' shape
             "sim": {"tokens": SCRIPT},
         },
     )
@@ -339,6 +340,7 @@ def _store_flow(url: str, model: str) -> dict[str, Any]:
                     "input": "again",
                     "max_output_tokens": 3,
                     "previous_response_id": rid,
+                    "seed": 1,
                     "sim": {"tokens": SCRIPT},
                 },
             ),
